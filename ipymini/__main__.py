@@ -1,0 +1,47 @@
+"CLI: `python -m ipymini -f CONN [--debug]` runs the kernel; `python -m ipymini install [--user|--sys-prefix|--prefix P]` the kernelspec."
+import argparse, json, logging, os, shutil, sys, tempfile
+
+def install(args):
+    "Write the kernelspec, with argv naming this interpreter, where jupyter looks for it."
+    from jupyter_client.kernelspec import KernelSpecManager
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "share", "jupyter", "kernels", "ipymini")
+    with tempfile.TemporaryDirectory() as d:
+        spec = dict(argv=[sys.executable, "-Xfrozen_modules=off", "-m", "ipymini", "-f", "{connection_file}"],
+            display_name=args.display_name, language="python", interrupt_mode="signal", metadata=dict(debugger=True))
+        for f in ("logo-32x32.png", "logo-64x64.png"):
+            if os.path.exists(p := os.path.join(src, f)): shutil.copy(p, d)
+        with open(os.path.join(d, "kernel.json"), "w") as f: json.dump(spec, f, indent=1)
+        prefix = sys.prefix if args.sys_prefix else args.prefix
+        dest = KernelSpecManager().install_kernel_spec(d, args.name, user=args.user, prefix=prefix)
+    print(f"Installed kernelspec {args.name} in {dest}")
+
+def run(conn_file, debug=False):
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1)  # logs stay on the terminal after fd 2 is captured
+    logging.basicConfig(stream=log_stream, level=logging.DEBUG if debug else logging.WARNING,
+        format="[%(name)s %(levelname)s %(asctime)s] %(message)s")
+    if debug: os.environ["IPYMINI_DEBUG"] = "1"
+    from .kernel import Kernel
+    with open(conn_file) as f: conn = json.load(f)
+    k = Kernel(conn)
+    k.log_stream = log_stream
+    k.start()
+    log_stream.flush()
+    os._exit(0)  # everything is flushed and closed; skip waiting on library threads at interpreter exit
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["install"]:
+        p = argparse.ArgumentParser(prog="python -m ipymini install")
+        p.add_argument("--user", action="store_true")
+        p.add_argument("--sys-prefix", action="store_true")
+        p.add_argument("--prefix")
+        p.add_argument("--name", default="ipymini")
+        p.add_argument("--display-name", default="Python 3 (ipymini)")
+        return install(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(prog="python -m ipymini")
+    p.add_argument("-f", "--connection-file", required=True)
+    p.add_argument("--debug", action="store_true")
+    a,_ = p.parse_known_args(argv)
+    run(a.connection_file, a.debug or os.environ.get("IPYMINI_DEBUG", "") not in ("", "0"))
+
+if __name__ == "__main__": main()

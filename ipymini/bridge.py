@@ -1,0 +1,157 @@
+"IPython's side of the kernel: one InteractiveShell, and execute, complete, inspect, is_complete and history on it."
+import builtins, getpass, os, sys
+from contextvars import ContextVar
+from IPython.core import page
+from IPython.core.autocall import ZMQExitAutocall
+from IPython.core.error import StdinNotImplementedError
+from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
+from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
+from traitlets import Any, CBool, Instance, default
+from .capture import PARENT, Hook, Publisher
+
+SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell
+ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
+EXPERIMENTAL_KEY = "_jupyter_types_experimental"
+
+def env_flag(name, default:bool) -> bool:
+    "The boolean environment flag `name` (0/1, false/true), or `default` when unset."
+    v = os.environ.get(name)
+    return default if v is None else v.strip().lower() not in ("0", "false", "no", "off", "")
+
+class Result:
+    "What one execute did: reply `status`, the `count` it ran as, the `error` fields, the `payload` and `user_expressions`."
+    def __init__(self, status, count, error=None, payload=(), user_expressions=None):
+        self.status,self.count,self.error,self.payload,self.user_expressions = status,count,error,list(payload),user_expressions or {}
+
+class MiniShell(InteractiveShell):
+    "An InteractiveShell that publishes through the kernel and keeps one execution count per subshell."
+    kernel = Any(None)
+    readline_use,autoindent = CBool(False),CBool(False)
+    exiter = Instance(ZMQExitAutocall)
+    @default("exiter")
+    def _default_exiter(self): return ZMQExitAutocall(self)
+    keepkernel_on_exit = None
+
+    @property
+    def execution_count(self): return self.counts.get(SUB.get(), 1)
+    @execution_count.setter
+    def execution_count(self, n): self.counts[SUB.get()] = n
+
+    def __init__(self, **kw):
+        self.counts,self.last_tb = {},None
+        super().__init__(**kw)
+
+    def init_environment(self):
+        os.environ.update(TERM="xterm-color", CLICOLOR="1", FORCE_COLOR="1", CLICOLOR_FORCE="1", PAGER="cat", GIT_PAGER="cat")
+
+    def init_hooks(self):
+        super().init_hooks()
+        self.set_hook("show_in_pager", page.as_hook(self.page_payload), 99)
+
+    def page_payload(self, strg, start=0, screen_lines=0, pager_cmd=None):
+        "Pager output (`?`, `??`, `%pdoc`) becomes a `page` payload, as front ends expect."
+        data = strg if isinstance(strg, dict) else {"text/plain": strg}
+        self.payload_manager.write_payload(dict(source="page", data=data, start=max(0, start)))
+
+    def ask_exit(self):
+        self.exit_now = not self.keepkernel_on_exit
+        self.payload_manager.write_payload(dict(source="ask_exit", keepkernel=self.keepkernel_on_exit))
+
+    def set_next_input(self, text, replace=False):
+        self.payload_manager.write_payload(dict(source="set_next_input", text=text, replace=replace))  # single: the last one wins
+
+    def _showtraceback(self, etype, evalue, stb):
+        self.last_tb = stb
+        self.display_pub.send("error", dict(ename=etype.__name__, evalue=str(evalue), traceback=stb))
+
+    def enable_gui(self, gui=None):
+        if gui not in (None, "inline"): print(f"ipymini runs no GUI event loop; %gui {gui} is ignored", file=sys.stderr)
+
+InteractiveShellABC.register(MiniShell)
+
+class KernelBridge:
+    "Drives the shell for the kernel. Talks outward only through `ask(prompt, password)`; output goes via capture."
+    def __init__(self, ask, kernel=None, **shell_kw):
+        self.ask = ask
+        self.ip = MiniShell.instance(display_pub_class=Publisher, displayhook_class=Hook, kernel=kernel, **shell_kw)
+        self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
+        self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", True)
+        builtins.input,getpass.getpass = self.input,self.getpass
+
+    def input(self, prompt=""):
+        if not ALLOW_STDIN.get(): raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+        return self.ask(str(prompt), False)
+
+    def getpass(self, prompt="Password: ", stream=None):
+        if not ALLOW_STDIN.get(): raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+        return self.ask(str(prompt), True)
+
+    @property
+    def count(self) -> int: return self.ip.execution_count
+
+    async def execute(self, code, silent=False, store_history=True, user_expressions=None, allow_stdin=False, cell_id=None) -> Result:
+        "Run `code` as a cell; subshells keep their cells out of the history database (their counts would collide)."
+        ip,sub = self.ip,SUB.get()
+        ALLOW_STDIN.set(allow_stdin)
+        ip.last_tb = None
+        try:
+            cell = ip.transform_cell(code)
+            exc = None
+        except Exception:
+            cell,exc = code,sys.exc_info()
+        hist = store_history and sub is None
+        try:
+            res = await ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell,
+                preprocessing_exc_tuple=exc, cell_id=cell_id)
+        finally:
+            ip.events.trigger("post_execute")
+            if not silent: ip.events.trigger("post_run_cell", res if "res" in locals() else None)
+        if sub is not None and store_history and not silent: ip.execution_count += 1
+        payload = ip.payload_manager.read_payload()
+        ip.payload_manager.clear_payload()
+        count = ip.execution_count - 1
+        err = res.error_before_exec or res.error_in_exec
+        if res.success: return Result("ok", count, payload=payload, user_expressions=ip.user_expressions(user_expressions or {}))
+        error = dict(ename=type(err).__name__, evalue=str(err), traceback=ip.last_tb or [])
+        return Result("error", count, error, payload)
+
+    def complete(self, code, cursor_pos=None) -> dict:
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        if self.experimental: return self.complete_experimental(code, cursor_pos)
+        line,offset = line_at_cursor(code, cursor_pos)
+        txt,matches = self.ip.complete("", line, cursor_pos - offset)
+        return dict(status="ok", matches=matches, cursor_start=cursor_pos - len(txt), cursor_end=cursor_pos, metadata={})
+
+    def complete_experimental(self, code, cursor_pos) -> dict:
+        "IPython's typed completions: matches plus `_jupyter_types_experimental` (text, type, start, end, signature)."
+        from IPython.core.completer import provisionalcompleter, rectify_completions
+        with provisionalcompleter(): comps = list(rectify_completions(code, self.ip.Completer.completions(code, cursor_pos)))
+        start,end = (comps[0].start,comps[0].end) if comps else (cursor_pos,cursor_pos)
+        types = [dict(start=c.start, end=c.end, text=c.text, type=c.type, signature=c.signature) for c in comps]
+        return dict(status="ok", matches=[c.text for c in comps], cursor_start=start, cursor_end=end, metadata={EXPERIMENTAL_KEY: types})
+
+    def inspect(self, code, cursor_pos=None, detail_level=0, omit_sections=()) -> dict:
+        "`found` and IPython's mime bundle for the name at the cursor; an unknown name is `found: false`, not an error."
+        name = token_at_cursor(code, len(code) if cursor_pos is None else cursor_pos)
+        try: data = self.ip.object_inspect_mime(name, detail_level=detail_level, omit_sections=omit_sections)
+        except KeyError: return dict(status="ok", found=False, data={}, metadata={})
+        if not self.ip.enable_html_pager: data.pop("text/html", None)
+        return dict(status="ok", found=True, data=data, metadata={})
+
+    def is_complete(self, code) -> dict:
+        "`status`, and `indent` when incomplete."
+        status,n = self.ip.input_transformer_manager.check_complete(code)
+        return dict(status=status, indent=" "*(n or 0)) if status == "incomplete" else dict(status=status)
+
+    def history(self, hist_access_type, output=False, raw=True, session=0, start=0, stop=None, n=None, pattern=None, unique=False, **kw):
+        hm = self.ip.history_manager
+        if hist_access_type == "tail": hist = hm.get_tail(n or 10, raw=raw, output=output, include_latest=True)
+        elif hist_access_type == "range": hist = hm.get_range(session, start, stop, raw=raw, output=output)
+        elif hist_access_type == "search": hist = hm.search(pattern or "*", raw=raw, output=output, n=n, unique=unique)
+        else: return dict(status="error", ename="ValueError", evalue=f"unknown hist_access_type {hist_access_type!r}", traceback=[], history=[])
+        return dict(status="ok", history=[list(h) for h in hist])
+
+    def shutdown(self):
+        "Save history and run IPython's exit hooks."
+        try: self.ip.atexit_operations()
+        except Exception as e: print(f"ipymini: error at shutdown: {e}", file=sys.__stderr__)

@@ -1,0 +1,148 @@
+"Where output goes: per-request stdout/stderr, fd-level capture, the display publisher and hook, and input()."
+import io, os, select, sys, threading
+from contextvars import ContextVar
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+
+PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
+main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
+FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
+
+def current_parent():
+    "The request being served here: this context's, else the one the current thread was started under, else the main one."
+    return PARENT.get() or getattr(threading.current_thread(), "ipymini_parent", None) or main_parent[0]
+
+class Output:
+    "Stream text waiting to go out, as runs of (parent, name, texts); flushed by size, by a timer, or before any other message."
+    def __init__(self, pub):
+        self.pub,self.runs,self.size = pub,[],0
+        self.lock,self.armed,self.stopped = threading.RLock(),threading.Event(),threading.Event()
+        threading.Thread(target=self.timer, daemon=True, name="ipymini-flush").start()
+
+    def write(self, name, text, parent):
+        with self.lock:
+            if self.runs and self.runs[-1][0] is parent and self.runs[-1][1] == name: self.runs[-1][2].append(text)
+            else: self.runs.append((parent, name, [text]))
+            self.size += len(text)
+            if self.size >= FLUSH_SIZE: self.flush()
+            elif not self.armed.is_set(): self.armed.set()
+
+    def flush(self):
+        "Queue all pending text, in order; done under the lock so no later message can overtake it."
+        with self.lock:
+            runs,self.runs,self.size = self.runs,[],0
+            for parent,name,texts in runs: self.pub("stream", dict(name=name, text="".join(texts)), parent)
+
+    def timer(self):
+        while not self.stopped.is_set():
+            self.armed.wait()
+            self.stopped.wait(FLUSH_AFTER)  # the coalescing window; this thread sleeps only while text is pending
+            self.armed.clear()
+            self.flush()
+
+class Stream(io.TextIOBase):
+    "`sys.stdout`/`sys.stderr`: text goes to the request being served by whoever writes it."
+    def __init__(self, name, out, fd):
+        super().__init__()
+        self.name,self.out,self.fd = name,out,fd
+    encoding,errors = "utf-8","replace"
+    def writable(self): return True
+    def isatty(self): return False
+    def fileno(self): return self.fd
+    def flush(self): self.out.flush()
+    def write(self, s):
+        if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if s: self.out.write(self.name, s, current_parent())
+        return len(s)
+    def writelines(self, lines):
+        for l in lines: self.write(l)
+
+class FdCapture:
+    "Point fd 1 or 2 at a pipe and forward what child processes and C code write there as stream text."
+    def __init__(self, fd, name, out):
+        self.fd,self.name,self.out,self.lock = fd,name,out,threading.Lock()
+        self.saved = os.dup(fd)
+        self.r,w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.dup2(w, fd)
+        os.close(w)
+        threading.Thread(target=self.run, daemon=True, name=f"ipymini-fd{fd}").start()
+
+    def read(self):
+        "Forward what the pipe holds now; False once the pipe is closed."
+        with self.lock:
+            try: data = os.read(self.r, 65536)
+            except BlockingIOError: return True
+            except OSError: return False
+        if data: self.out.write(self.name, data.decode("utf-8", "replace"), main_parent[0])
+        return bool(data)
+
+    def run(self):
+        while True:
+            try: select.select([self.r], [], [])
+            except (OSError, ValueError): return
+            if not self.read(): return
+
+    def drain(self):
+        "Forward everything already written, so a cell's `os.system` output is in before its idle."
+        while select.select([self.r], [], [], 0)[0] and self.read(): pass
+
+class Publisher(DisplayPublisher):
+    "IPython's display publisher, sending `display_data`, `update_display_data` and `clear_output`."
+    def __init__(self, shell=None, *args, **kw):
+        super().__init__(shell=shell, *args, **kw)
+        self.send = None  # set by install(): (msg_type, content, buffers) -> None
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, buffers=None, **kw):
+        self.send("update_display_data" if update else "display_data",
+            dict(data=data, metadata=metadata or {}, transient=transient or {}), buffers)
+
+    def clear_output(self, wait=False): self.send("clear_output", dict(wait=wait), None)
+
+class Hook(DisplayHook):
+    "IPython's displayhook, sending `execute_result` with the execution count."
+    send = None
+    def start_displayhook(self): self.data,self.md = {},{}
+    def write_output_prompt(self): pass
+    def write_format_data(self, format_dict, md_dict=None): self.data,self.md = format_dict,md_dict or {}
+    def finish_displayhook(self):
+        if self.data: self.send("execute_result", dict(data=self.data, metadata=self.md, execution_count=self.prompt_count), None)
+        self.data = {}
+
+class Channels:
+    "Output's way out: `raw(msg_type, content, parent, buffers, metadata)` queues a message for IOPub."
+    def __init__(self, raw):
+        self.raw = raw
+        self.out = Output(raw)
+        self.fds = []
+
+    def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
+        "Publish a non-stream message for the current request, after the stream text written before it."
+        parent = parent or current_parent()
+        with self.out.lock:
+            self.out.flush()
+            self.raw(msg_type, content, parent, buffers, metadata)
+
+    def flush(self):
+        for f in self.fds: f.drain()
+        self.out.flush()
+
+    def install(self, ip, capture_fds=True):
+        "Route `sys.stdout`/`stderr`, fds 1 and 2, displays and results through this kernel (once, at start)."
+        if capture_fds:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.fds = [FdCapture(1, "stdout", self.out), FdCapture(2, "stderr", self.out)]
+        sys.stdout,sys.stderr = Stream("stdout", self.out, 1),Stream("stderr", self.out, 2)
+        ip.display_pub.send = ip.displayhook.send = self.pub
+        patch_thread_start()
+
+def patch_thread_start():
+    "Threads remember the request they were started under, so their output goes to that cell even after it ends."
+    if getattr(threading.Thread.start, "ipymini", False): return
+    orig = threading.Thread.start
+    def start(self, *a, **kw):
+        self.ipymini_parent = current_parent()
+        return orig(self, *a, **kw)
+    start.ipymini = True
+    threading.Thread.start = start

@@ -1,0 +1,382 @@
+"The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
+import asyncio, logging, os, platform, signal, sys, threading
+from collections import deque
+from contextlib import contextmanager
+import zmq
+from . import __version__
+from .session import Session, now
+from .procs import banner, end_children, usage, watch_parent
+
+log = logging.getLogger("ipymini")
+DEBUG = os.environ.get("IPYMINI_DEBUG", "") not in ("", "0")
+
+shell_msgs   = ("execute_request complete_request inspect_request is_complete_request history_request kernel_info_request "
+    "connect_request comm_info_request comm_open comm_msg comm_close shutdown_request").split()
+control_msgs = ("kernel_info_request shutdown_request interrupt_request debug_request usage_request "
+    "create_subshell_request list_subshell_request delete_subshell_request").split()
+executed     = {"execute_request", "comm_open", "comm_msg", "comm_close"}  # run in order on a subshell; the rest answer at once
+required     = dict(execute_request="code", complete_request="code", inspect_request="code", is_complete_request="code",
+    history_request="hist_access_type", comm_open="comm_id target_name", comm_msg="comm_id", comm_close="comm_id",
+    delete_subshell_request="subshell_id")
+help_links   = [dict(text=t, url=u) for t,u in [("Python Reference", "https://docs.python.org/3/"),
+    ("IPython Reference", "https://ipython.readthedocs.io/en/stable/"), ("NumPy Reference", "https://numpy.org/doc/stable/reference/"),
+    ("SciPy Reference", "https://docs.scipy.org/doc/scipy/reference/"), ("Matplotlib Reference", "https://matplotlib.org/stable/contents.html"),
+    ("pandas Reference", "https://pandas.pydata.org/pandas-docs/stable/")]]
+
+class Req:
+    "A request as handlers see it: the message, where it came from, and how to answer it."
+    def __init__(self, kernel, sock, idents, msg, sub=None):
+        self.kernel,self.sock,self.idents,self.msg,self.sub = kernel,sock,idents,msg,sub
+        self.msg_type,self.c = msg["header"]["msg_type"],msg["content"]
+
+    def reply(self, content=None, metadata=None, **kw):
+        "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far."
+        self.kernel.ch.flush()
+        self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
+
+class Outbox:
+    "Items any thread queues for the one thread that owns a socket; a pipe in that thread's poller wakes it."
+    def __init__(self):
+        self.q,self.signalled = deque(),False
+        self.r,self.w = os.pipe()
+        os.set_blocking(self.r, False)
+
+    def put(self, item):
+        self.q.append(item)
+        if not self.signalled:
+            self.signalled = True
+            os.write(self.w, b"!")
+
+    def take(self):
+        "Everything queued so far; the flag is reset first, so a later put always wakes the owner again."
+        self.signalled = False
+        try: os.read(self.r, 4096)
+        except BlockingIOError: pass
+        items = []
+        while self.q: items.append(self.q.popleft())
+        return items
+
+class SockThread(threading.Thread):
+    "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."
+    def __init__(self, kernel, sock, name, serve=None):
+        super().__init__(daemon=True, name=f"ipymini-{name}")
+        self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox()
+
+    def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
+    def stop(self): self.outbox.put(None)
+
+    def run(self):
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.outbox.r, zmq.POLLIN)
+        while True:
+            for s,_ in poller.poll():
+                if s is self.sock: self.drain_in()
+                else:
+                    for frames in self.outbox.take():
+                        if frames is None: return self.sock.close(linger=200)
+                        try: self.send_frames(frames)
+                        except zmq.ZMQError as e: log.warning("%s: send failed: %s", self.name, e)
+
+    def drain_in(self):
+        while True:
+            try: frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again: return
+            try: self.serve_fn(self.sock, frames)
+            except Exception: log.exception("%s: error handling a message", self.name)
+
+class IOPub(SockThread):
+    "Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65)."
+    def __init__(self, kernel, sock):
+        super().__init__(kernel, sock, "iopub", self.welcome)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # a second subscriber to the same topic is welcomed too
+        sock.setsockopt(zmq.XPUB_NODROP, 1)   # a full queue is an error we can see, not a silent drop
+        sock.sndhwm = 100_000
+
+    def welcome(self, sock, frames):
+        if frames[0][:1] == b"\x01": self.send_frames(("iopub_welcome", dict(subscription=frames[0][1:].decode(errors="replace")), None, None, None))
+
+    def send_frames(self, item):
+        msg_type,content,parent,buffers,metadata = item
+        msg = self.kernel.session.msg(msg_type, content, parent, metadata)
+        if buffers: msg["buffers"] = buffers
+        frames = self.kernel.session.serialize(msg, [msg_type.encode()])
+        for _ in range(100):  # wait up to 10 s for a slow subscriber, then say what was lost
+            try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again: self.sock.poll(100, zmq.POLLOUT)
+        print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)
+
+class Kernel:
+    "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type."
+    def __init__(self, conn:dict):
+        self.conn,self.stopping,self.ready = conn,threading.Event(),threading.Event()
+        self.session = Session(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
+        if not conn.get("key"): log.warning("connection file has no key: messages are not signed")
+        self.ctx = zmq.Context()
+        self.log_stream = sys.stderr
+        from .capture import Channels
+        self.ch = Channels(self.raw_pub)
+        from .subshell import SubshellManager
+        self.subs = SubshellManager(self)
+        self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
+        self.control_handlers = {o: getattr(self, o) for o in control_msgs}
+        self.waiting,self.debugger,self.bridge = {},None,None
+
+    def addr(self, port): return f"{self.conn.get('transport', 'tcp')}://{self.conn['ip']}:{self.conn[port]}"
+
+    def bind(self, kind, port):
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        sock.bind(self.addr(port))
+        return sock
+
+    def start_sockets(self):
+        "Bind all five sockets here, then hand each to the one thread that will own it."
+        self.iopub = IOPub(self, self.bind(zmq.XPUB, "iopub_port"))
+        self.shell_t = SockThread(self, self.bind(zmq.ROUTER, "shell_port"), "shell", self.on_shell)
+        self.control_t = SockThread(self, self.bind(zmq.ROUTER, "control_port"), "control", self.on_control)
+        self.stdin_t = SockThread(self, self.bind(zmq.ROUTER, "stdin_port"), "stdin", self.on_stdin)
+        hb = self.bind(zmq.ROUTER, "hb_port")
+        self.threads = [self.iopub, self.shell_t, self.control_t, self.stdin_t]
+        for t in self.threads: t.start()
+        # echo in C: zmq.proxy releases the GIL, so heartbeats are answered while a cell computes
+        threading.Thread(target=self.heartbeat, args=(hb,), daemon=True, name="ipymini-hb").start()
+
+    def heartbeat(self, sock):
+        try: zmq.proxy(sock, sock)
+        except zmq.ZMQError: pass
+
+    # --- sending
+    def send(self, sock, msg_type, content, parent, idents, metadata=None):
+        "Serialize here and queue the frames for the thread owning `sock`."
+        frames = self.session.serialize(self.session.msg(msg_type, content, parent, metadata), idents)
+        if DEBUG: log.debug("out %s %s", msg_type, content.get("status", ""))
+        self.owner(sock).outbox.put(frames)
+
+    def owner(self, sock): return self.control_t if sock is self.control_t.sock else self.shell_t if sock is self.shell_t.sock else self.stdin_t
+    def raw_pub(self, msg_type, content, parent, buffers=None, metadata=None): self.iopub.outbox.put((msg_type, content, parent, buffers, metadata))
+    def status(self, state, parent): self.ch.pub("status", dict(execution_state=state), parent=parent)
+
+    # --- receiving
+    def recv(self, sock, frames, where):
+        try: idents,msg = self.session.deserialize(frames)
+        except ValueError as e: return log.warning("%s: dropped a message: %s", where, e)
+        if DEBUG: log.debug("in %s %s", where, msg["header"]["msg_type"])
+        msg["idents"] = idents  # so input() can reach the client that sent the cell
+        return Req(self, sock, idents, msg)
+
+    def on_shell(self, sock, frames):
+        if (req := self.recv(sock, frames, "shell")) is None: return
+        if req.msg_type not in executed: return self.run_sync(self.shell_handlers, req)
+        sid = req.msg["header"].get("subshell_id")
+        req.sub = self.subs.get(sid)
+        if req.sub is None:
+            with self.busy(req.msg): return req.reply(self.err(f"unknown subshell_id {sid!r}", "ValueError"))
+        req.sub.submit(req)
+
+    def on_control(self, sock, frames):
+        if (req := self.recv(sock, frames, "control")) is not None: self.run_sync(self.control_handlers, req)
+
+    def on_stdin(self, sock, frames):
+        if (req := self.recv(sock, frames, "stdin")) is None: return
+        pid = req.msg["parent_header"].get("msg_id")
+        if req.msg_type != "input_reply" or pid not in self.waiting: return log.warning("stdin: ignored a stray %s", req.msg_type)
+        self.answer(pid, req.c.get("value", ""))
+
+    def answer(self, mid, value):
+        box,ev,_ = self.waiting[mid]
+        if not box: box.append(value)
+        ev.set()
+
+    def run_sync(self, handlers, req):
+        "Run a handler on this socket's thread; only `execute_request` and comms go to a subshell's queue."
+        if req.msg_type not in handlers:
+            log.warning("unknown message type %r", req.msg_type)
+            if req.msg_type.endswith("_request"):
+                with self.busy(req.msg): req.reply(self.err(f"unknown message type {req.msg_type!r}", "UnknownMessageType"))
+            return
+        try: self.dispatch_sync(handlers, req)
+        except Exception: log.exception("error handling %s", req.msg_type)
+
+    # --- dispatch
+    @contextmanager
+    def busy(self, msg):
+        "busy before a request's first output, idle after its last."
+        self.status("busy", msg)
+        try: yield
+        finally: self.status("idle", msg)
+
+    def enter(self, req):
+        "Outputs from here on belong to `req`."
+        from .capture import PARENT, main_parent
+        PARENT.set(req.msg)
+        if req.sub is self.subs.parent: main_parent[0] = req.msg
+
+    def missing(self, req):
+        if (miss := [k for k in required.get(req.msg_type, "").split() if k not in req.c]):
+            req.reply(self.err(f"{req.msg_type} is missing {', '.join(miss)}", "KeyError"))
+            return True
+
+    def dispatch_sync(self, handlers, req):
+        self.enter(req)
+        with self.busy(req.msg):
+            if not self.missing(req): handlers[req.msg_type](req)
+
+    async def dispatch(self, handlers, req):
+        "Run the handler for `req` between busy and idle; reply with an error if required fields are missing."
+        self.enter(req)
+        with self.busy(req.msg):
+            if self.missing(req): return
+            res = handlers[req.msg_type](req)
+            if asyncio.iscoroutine(res): await res
+
+    def err(self, evalue, ename="Error"): return dict(status="error", ename=ename, evalue=evalue, traceback=[])
+
+    # --- shell handlers
+    def wait_ready(self): self.ready.wait()
+    def complete_request(self, req):    self.wait_ready(); req.reply(self.safe(self.bridge.complete, req.c["code"], req.c.get("cursor_pos")))
+    def inspect_request(self, req):     self.wait_ready(); req.reply(self.safe(self.bridge.inspect, req.c["code"], req.c.get("cursor_pos"), req.c.get("detail_level", 0)))
+    def is_complete_request(self, req): self.wait_ready(); req.reply(self.safe(self.bridge.is_complete, req.c["code"]))
+    def history_request(self, req):     self.wait_ready(); req.reply(self.safe(self.bridge.history, **req.c))
+    def kernel_info_request(self, req): req.reply(self.kernel_info())
+    def connect_request(self, req):     req.reply({k: self.conn[k] for k in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")})
+    def comm_info_request(self, req):
+        self.wait_ready()
+        comms = self.comm_manager.comms.items()
+        tn = req.c.get("target_name")
+        req.reply(status="ok", comms={k: dict(target_name=c.target_name) for k,c in list(comms) if tn is None or c.target_name == tn})
+
+    def safe(self, f, *args, **kw):
+        "The reply content of `f(...)`, or an error reply naming what went wrong in it."
+        try: return f(*args, **kw)
+        except Exception as e:
+            log.warning("%s failed: %r", f.__name__, e)
+            return self.err(str(e), type(e).__name__)
+
+    def comm_open(self, req):  self.comm_manager.comm_open(None, None, req.msg)
+    def comm_msg(self, req):   self.comm(self.comm_manager.comm_msg, req)
+    def comm_close(self, req): self.comm(self.comm_manager.comm_close, req)
+    def comm(self, f, req):
+        "Run a comm handler as user code (interruptible, outputs parented to the comm message)."
+        if req.c["comm_id"] not in self.comm_manager.comms: return log.warning("%s for unknown comm %s", req.msg_type, req.c["comm_id"])
+        req.sub.running = True
+        try: f(None, None, req.msg)
+        except KeyboardInterrupt: log.warning("%s interrupted", req.msg_type)
+        finally: req.sub.running = False
+
+    async def execute_request(self, req):
+        from .bridge import Result
+        c,sub = req.c,req.sub
+        silent = c.get("silent", False)
+        if not silent: self.ch.pub("execute_input", dict(code=c["code"], execution_count=self.bridge.count), parent=req.msg)
+        started = now()
+        sub.running = True
+        try: res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
+            user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
+        except KeyboardInterrupt:
+            res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=[]))
+            self.ch.pub("error", res.error)
+        finally: sub.running = False
+        req.reply(self.exec_reply(res), metadata=dict(started=started, dependencies_met=True, engine=self.session.sid, status=res.status))
+        if res.status == "error" and c.get("stop_on_error", True): sub.aborting = True
+        if self.bridge.ip.exit_now and not silent: self.stop()
+
+    def exec_reply(self, res):
+        base = dict(status=res.status, execution_count=res.count)
+        if res.status == "error": return {**base, **res.error, "user_expressions": {}, "payload": res.payload}
+        return {**base, "user_expressions": res.user_expressions, "payload": res.payload}
+
+    def abort(self, req):
+        "An `aborted` execute reply, with busy/idle around it; no execution_count (JupyterLab would show it)."
+        with self.busy(req.msg): req.reply(status="aborted", metadata=dict(status="aborted", engine=self.session.sid))
+
+    # --- control handlers
+    def kernel_info(self):
+        return dict(status="ok", protocol_version="5.5", implementation="ipymini", implementation_version=__version__,
+            language_info=dict(name="python", version=platform.python_version(), mimetype="text/x-python", file_extension=".py",
+                pygments_lexer="ipython3", codemirror_mode=dict(name="ipython", version=3), nbconvert_exporter="python"),
+            banner=banner(), help_links=help_links, debugger=self.debug_ok(),
+            supported_features=["kernel subshells"] + (["debugger"] if self.debug_ok() else []))
+
+    def debug_ok(self): return False
+
+    def shutdown_request(self, req):
+        restart = bool(req.c.get("restart", False))
+        req.reply(status="ok", restart=restart)
+        self.ch.pub("shutdown_reply", dict(status="ok", restart=restart), parent=req.msg)
+        self.stop()
+
+    def interrupt_request(self, req):
+        self.interrupt()
+        req.reply(status="ok")
+
+    def debug_request(self, req): req.reply(dict(type="response", request_seq=req.c.get("seq", 0), success=False,
+        command=req.c.get("command", ""), message="the debugger is not available in this kernel"))
+
+    def usage_request(self, req): req.reply(usage())
+
+    def create_subshell_request(self, req): req.reply(status="ok", subshell_id=self.subs.create())
+    def list_subshell_request(self, req):   req.reply(status="ok", subshell_id=list(self.subs.subs))
+    def delete_subshell_request(self, req):
+        sid = req.c["subshell_id"]
+        req.reply(dict(status="ok") if self.subs.delete(sid) else self.err(f"no subshell {sid!r}", "ValueError"))
+
+    # --- stdin, interrupts, life cycle
+    def ask(self, prompt, password):
+        "Send `input_request` for the current cell and wait for the client's `input_reply`; interrupts raise KeyboardInterrupt."
+        from .capture import current_parent
+        self.ch.flush()
+        parent = current_parent()
+        req_msg = self.session.msg("input_request", dict(prompt=prompt, password=password), parent)
+        mid,box,ev = req_msg["header"]["msg_id"],[],threading.Event()
+        self.waiting[mid] = box,ev,threading.current_thread()
+        self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
+        try: ev.wait()
+        except KeyboardInterrupt: box[:] = [KeyboardInterrupt]
+        finally: self.waiting.pop(mid, None)
+        if box[0] is KeyboardInterrupt: raise KeyboardInterrupt("Interrupted by user") from None
+        return box[0]
+
+    def interrupt(self):
+        "Interrupt the parent subshell by SIGINT (so it lands in user code), the others by async exception; end input() waits."
+        for mid,(_,_,t) in list(self.waiting.items()):
+            if t is not threading.main_thread(): self.answer(mid, KeyboardInterrupt)
+        if self.subs.parent.running: os.kill(os.getpid(), signal.SIGINT)
+        for s in self.subs.subs.values(): s.interrupt()
+
+    def on_sigint(self, sig, frame):
+        "SIGINT: stop the running cell (and any subshell's); an idle kernel ignores it."
+        for s in self.subs.subs.values(): s.interrupt()
+        self.subs.parent.interrupt(raise_here=True)
+
+    def stop(self):
+        "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."
+        if self.stopping.is_set(): return
+        self.stopping.set()
+        self.interrupt()
+        for s in self.subs.all(): s.stop()
+        t = threading.Timer(5, lambda: os._exit(0))  # a cell that ignores interrupts must not keep the process alive
+        t.daemon = True
+        t.start()
+
+    def start(self):
+        "Sockets first, so the first kernel_info is answered while IPython loads; then the shell; then serve on this thread."
+        from .bridge import KernelBridge
+        from . import comms
+        self.start_sockets()
+        signal.signal(signal.SIGINT, self.on_sigint)
+        signal.signal(signal.SIGTERM, lambda *a: self.stop())
+        self.bridge = KernelBridge(self.ask, kernel=self)
+        self.ch.install(self.bridge.ip, capture_fds=os.environ.get("IPYMINI_CAPTURE_FDS", "1") != "0")
+        self.comm_manager = comms.install(self)
+        self.ready.set()
+        watch_parent(self)
+        self.subs.parent.run()
+        self.finish()
+
+    def finish(self):
+        self.bridge.shutdown()
+        end_children()
+        self.ch.flush()
+        for t in self.threads: t.stop()
+        for t in self.threads: t.join(timeout=1)

@@ -1,0 +1,85 @@
+"The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
+import logging, os, select, signal, socket, sys, threading, time
+
+log = logging.getLogger("ipymini")
+
+def banner() -> str:
+    "IPython's banner text, without importing IPython if it is not loaded yet."
+    ip = sys.modules.get("IPython")
+    if ip is None:
+        from importlib.metadata import version
+        v = version("ipython")
+    else: v = ip.__version__
+    return (f"Python {sys.version}\nType 'copyright', 'credits' or 'license' for more information\n"
+        f"IPython {v} -- An enhanced Interactive Python. Type '?' for help.\n")
+
+def usage() -> dict:
+    "What ipykernel's `usage_reply` carries: kernel CPU and memory (with psutil), host CPU count and memory."
+    res = dict(hostname=socket.gethostname(), pid=os.getpid())
+    try: import psutil
+    except ImportError: return dict(res, cpu_count=os.cpu_count())
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    def total(f):
+        n = 0
+        for p in procs:
+            try: n += f(p)
+            except psutil.Error: pass
+        return n
+    res.update(kernel_cpu=total(lambda p: p.cpu_percent(None)), kernel_memory=total(lambda p: p.memory_info().rss),
+        cpu_count=psutil.cpu_count(logical=True), host_virtual_memory=dict(psutil.virtual_memory()._asdict()))
+    if (pct := psutil.cpu_percent()): res["host_cpu_percent"] = pct
+    return res
+
+def children(pid=None) -> list:
+    "Pids of all descendants of `pid` (default: this process), read from /proc."
+    pid,kids = pid or os.getpid(),{}
+    try: names = os.listdir("/proc")
+    except OSError: return []
+    for n in names:
+        if not n.isdigit(): continue
+        try:
+            with open(f"/proc/{n}/stat", "rb") as f: stat = f.read()
+        except OSError: continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(n))
+    out,todo = [],[pid]
+    while todo:
+        for k in kids.get(todo.pop(), []): out.append(k); todo.append(k)
+    return out
+
+def end_children(grace=0.5):
+    "SIGTERM every process user code started, then SIGKILL what is still there after `grace` seconds, and reap them."
+    pids = children()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try: os.kill(p, sig)
+            except OSError: pass
+        end = time.monotonic() + grace
+        while pids and time.monotonic() < end:
+            pids = [p for p in pids if alive(p)]
+            if pids: time.sleep(0.02)
+        if not pids: return
+
+def alive(pid) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid: return False
+    except ChildProcessError: pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f: return f.read().split(b") ")[1][:1] != b"Z"
+    except OSError: return False
+
+def watch_parent(kernel):
+    "Shut down when the process that launched us (`JPY_PARENT_PID`) dies: a pidfd wakes a thread, no polling."
+    try: ppid = int(os.environ.get("JPY_PARENT_PID", "0"))
+    except ValueError: return
+    if ppid <= 1: return
+    def wait():
+        try:
+            fd = os.pidfd_open(ppid)
+            select.select([fd], [], [])
+        except (AttributeError, OSError):
+            while os.getppid() == ppid: time.sleep(1)  # no pidfd on this platform: check once a second
+        log.warning("parent process %d exited; shutting down", ppid)
+        kernel.stop()
+    threading.Thread(target=wait, daemon=True, name="ipymini-parent").start()

@@ -1,0 +1,90 @@
+"Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
+import asyncio, ctypes, logging, selectors, threading, uuid
+from .bridge import SUB
+
+log = logging.getLogger("ipymini")
+STOP = object()
+
+class WatchedSelector(selectors.DefaultSelector):
+    "A selector that knows when its loop is waiting, so an interrupt can tell an awaiting cell from a computing one."
+    waiting = False
+    def select(self, timeout=None):
+        self.waiting = True
+        try: return super().select(timeout)
+        finally: self.waiting = False
+
+class Subshell:
+    "One executor: a request queue served in order on a persistent event loop, so tasks a cell starts keep running."
+    def __init__(self, kernel, sid=None):
+        self.kernel,self.sid = kernel,sid
+        self.sel = WatchedSelector()
+        self.loop = asyncio.SelectorEventLoop(self.sel)
+        self.queue,self.task,self.thread = asyncio.Queue(),None,None
+        self.running,self.aborting = False,False  # `running`: user code may be on the stack (interrupts land only then)
+
+    def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
+    def stop(self): self.submit(STOP)
+    @property
+    def busy(self) -> bool: return self.task is not None
+
+    async def serve(self):
+        SUB.set(self.sid)
+        while (req := await self.queue.get()) is not STOP:
+            try:
+                if self.aborting and req.msg_type == "execute_request": self.kernel.abort(req)
+                else:
+                    self.task = asyncio.ensure_future(self.kernel.dispatch(self.kernel.shell_handlers, req))
+                    await self.task
+            except BaseException: log.exception("error serving %s", req.msg_type)
+            finally: self.task = None
+            if self.queue.empty(): self.aborting = False  # stop_on_error aborts only what was queued behind the error
+
+    def run(self):
+        "Serve until stopped; a KeyboardInterrupt that lands in the loop's own code rather than a cell is shrugged off."
+        asyncio.set_event_loop(self.loop)
+        fut = self.loop.create_task(self.serve())
+        while not fut.done():
+            try: self.loop.run_until_complete(fut)
+            except KeyboardInterrupt: pass
+
+    def start(self):
+        self.thread = threading.Thread(target=self.run, daemon=True, name=f"ipymini-sub-{self.sid}")
+        self.thread.start()
+
+    def throw(self):
+        "Raise KeyboardInterrupt inside an awaiting cell, at its `await`."
+        t = self.task
+        if t is None or t.done(): return
+        fut = getattr(t, "_fut_waiter", None)  # the future the cell awaits; asyncio keeps no public handle on it
+        try: fut.set_exception(KeyboardInterrupt())
+        except (AttributeError, RuntimeError, asyncio.InvalidStateError): t.cancel()
+
+    def interrupt(self, raise_here=False) -> bool:
+        "Interrupt user code if it is running: thrown at its `await`, else raised in its thread. True if it was."
+        if not self.running: return False
+        if self.sel.waiting: self.loop.call_soon_threadsafe(self.throw)
+        elif raise_here: raise KeyboardInterrupt
+        elif self.thread is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
+        return True
+
+class SubshellManager:
+    "The parent subshell (main thread) and any created ones, by id."
+    def __init__(self, kernel):
+        self.kernel,self.parent,self.subs = kernel,Subshell(kernel),{}
+
+    def get(self, sid): return self.parent if sid is None else self.subs.get(sid)
+    def all(self): return [self.parent, *self.subs.values()]
+
+    def create(self) -> str:
+        sid = str(uuid.uuid4())
+        self.subs[sid] = sub = Subshell(self.kernel, sid)
+        sub.start()
+        return sid
+
+    def delete(self, sid) -> bool:
+        "Stop subshell `sid`, interrupting a running cell first; False if there is none."
+        if (sub := self.subs.pop(sid, None)) is None: return False
+        sub.interrupt()
+        sub.stop()
+        return True
