@@ -1,0 +1,64 @@
+"Helpers that drive a kernel through jupyter_client the way a front end does."
+import os, queue, time
+from contextlib import contextmanager
+from jupyter_client import KernelManager
+
+TIMEOUT = float(os.environ.get("IPYMINI_TEST_TIMEOUT", "30"))  # only turns a hang into a failure
+
+@contextmanager
+def start_kernel(name="ipymini", **kw):
+    "A started kernel and a ready client; both shut down afterwards."
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(**kw)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km,kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
+    "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped)."
+    outs,end = [],time.monotonic() + timeout
+    while True:
+        m = kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
+        if m["parent_header"].get("msg_id") != msg_id: continue
+        if m["msg_type"] == "status":
+            if m["content"]["execution_state"] == "idle": return outs
+            continue
+        outs.append(m)
+
+def shell_reply(kc, msg_id, timeout=TIMEOUT):
+    "The shell reply to `msg_id` (others are skipped)."
+    end = time.monotonic() + timeout
+    while True:
+        m = kc.get_shell_msg(timeout=max(0.01, end - time.monotonic()))
+        if m["parent_header"].get("msg_id") == msg_id: return m
+
+def run(kc, code, timeout=TIMEOUT, **kw):
+    "Execute `code`; `(reply content, iopub messages)` once both the reply and idle are in."
+    mid = kc.execute(code, **kw)
+    reply = shell_reply(kc, mid, timeout)
+    return reply["content"],iopub_until_idle(kc, mid, timeout)
+
+def request(kc, msg_type, channel="shell", timeout=TIMEOUT, **content):
+    "Send any request on shell or control and return the full reply message."
+    ch = getattr(kc, f"{channel}_channel")
+    msg = kc.session.msg(msg_type, content)
+    ch.send(msg)
+    end = time.monotonic() + timeout
+    while True:
+        m = ch.get_msg(timeout=max(0.01, end - time.monotonic()))
+        if m["parent_header"].get("msg_id") == msg["header"]["msg_id"]: return m
+
+def types(outs): return [m["msg_type"] for m in outs]
+def text(outs, name="stdout"): return "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream" and m["content"]["name"] == name)
+def result(outs): return next(m["content"]["data"] for m in outs if m["msg_type"] == "execute_result")
+
+def drain(kc, timeout=0.2):
+    "Throw away what IOPub holds now."
+    try:
+        while True: kc.get_iopub_msg(timeout=timeout)
+    except queue.Empty: pass
