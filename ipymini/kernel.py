@@ -310,8 +310,11 @@ class Kernel:
         self.interrupt()
         req.reply(status="ok")
 
-    def debug_request(self, req): req.reply(dict(type="response", request_seq=req.c.get("seq", 0), success=False,
-        command=req.c.get("command", ""), message="the debugger is not available in this kernel"))
+    def debug_request(self, req):
+        if self.debugger is None:
+            from .debug import Debugger  # debugpy loads only now, on the first debug_request
+            self.debugger = Debugger(self)
+        req.reply(self.debugger.process(req.c))
 
     def usage_request(self, req): req.reply(usage())
 
