@@ -73,7 +73,8 @@ class KernelBridge:
     "Drives the shell for the kernel. Talks outward only through `ask(prompt, password)`; output goes via capture."
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
-        self.ip = MiniShell.instance(display_pub_class=Publisher, displayhook_class=Hook, kernel=kernel, **shell_kw)
+        from .profile import load_config
+        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, kernel=kernel, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", True)
         builtins.input,getpass.getpass = self.input,self.getpass

@@ -372,6 +372,8 @@ class Kernel:
         self.bridge = KernelBridge(self.ask, kernel=self)
         self.ch.install(self.bridge.ip, capture_fds=os.environ.get("IPYMINI_CAPTURE_FDS", "1") != "0")
         self.comm_manager = comms.install(self)
+        from .profile import init_profile
+        init_profile(self.bridge.ip)
         self.ready.set()
         watch_parent(self)
         self.subs.parent.run()
