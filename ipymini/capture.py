@@ -1,5 +1,6 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, the display publisher and hook, and input()."
-import io, os, select, sys, threading
+import codecs, io, os, re, select, sys, threading
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -7,6 +8,10 @@ from IPython.core.displaypub import DisplayPublisher
 PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
 main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
+surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
+in_child = [False]  # set after fork: a child process has no IOPub thread, so its streams write to fds 1 and 2
+
+def utf8_safe(text) -> str: return text if text.isascii() else surrogates.sub("\ufffd", text)
 
 def current_parent():
     "The request being served here: this context's, else the one the current thread was started under, else the main one."
@@ -31,7 +36,12 @@ class Output:
         "Queue all pending text, in order; done under the lock so no later message can overtake it."
         with self.lock:
             runs,self.runs,self.size = self.runs,[],0
-            for parent,name,texts in runs: self.pub("stream", dict(name=name, text="".join(texts)), parent)
+            for parent,name,texts in runs: self.pub("stream", dict(name=name, text=utf8_safe("".join(texts))), parent)
+
+    def forget(self):
+        "In a forked child: drop the parent's pending text (the parent sends it) and stop buffering."
+        self.runs,self.size,self.lock = [],0,threading.RLock()
+        in_child[0] = True
 
     def timer(self):
         while not self.stopped.is_set():
@@ -52,7 +62,8 @@ class Stream(io.TextIOBase):
     def flush(self): self.out.flush()
     def write(self, s):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if s: self.out.write(self.name, s, current_parent())
+        if in_child[0]: os.write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
+        elif s: self.out.write(self.name, s, current_parent())
         return len(s)
     def writelines(self, lines):
         for l in lines: self.write(l)
@@ -61,6 +72,7 @@ class FdCapture:
     "Point fd 1 or 2 at a pipe and forward what child processes and C code write there as stream text."
     def __init__(self, fd, name, out):
         self.fd,self.name,self.out,self.lock = fd,name,out,threading.Lock()
+        self.decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # a character split across reads stays whole
         self.saved = os.dup(fd)
         self.r,w = os.pipe()
         os.set_blocking(self.r, False)
@@ -69,12 +81,12 @@ class FdCapture:
         threading.Thread(target=self.run, daemon=True, name=f"ipymini-fd{fd}").start()
 
     def read(self):
-        "Forward what the pipe holds now; False once the pipe is closed."
+        "Forward what the pipe holds now; False once the pipe is closed. Read and forward under one lock, so `drain` waits for both."
         with self.lock:
             try: data = os.read(self.r, 65536)
             except BlockingIOError: return True
             except OSError: return False
-        if data: self.out.write(self.name, data.decode("utf-8", "replace"), main_parent[0])
+            if data: self.out.write(self.name, self.decode(data), main_parent[0])
         return bool(data)
 
     def run(self):
@@ -117,8 +129,9 @@ class Channels:
         self.fds = []
 
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
-        "Publish a non-stream message for the current request, after the stream text written before it."
+        "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         parent = parent or current_parent()
+        for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
         with self.out.lock:
             self.out.flush()
             self.raw(msg_type, content, parent, buffers, metadata)
@@ -135,14 +148,24 @@ class Channels:
             self.fds = [FdCapture(1, "stdout", self.out), FdCapture(2, "stderr", self.out)]
         sys.stdout,sys.stderr = Stream("stdout", self.out, 1),Stream("stderr", self.out, 2)
         ip.display_pub.send = ip.displayhook.send = self.pub
-        patch_thread_start()
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures show inline, as in ipykernel
+        os.register_at_fork(after_in_child=self.out.forget)
+        patch_threads()
 
-def patch_thread_start():
-    "Threads remember the request they were started under, so their output goes to that cell even after it ends."
+def run_as(parent, fn, *args, **kw):
+    "Call `fn` with `parent` as the current request."
+    tok = PARENT.set(parent)
+    try: return fn(*args, **kw)
+    finally: PARENT.reset(tok)
+
+def patch_threads():
+    "Threads remember the request they were started under, and pool work the one it was submitted under, so output goes to that cell."
     if getattr(threading.Thread.start, "ipymini", False): return
-    orig = threading.Thread.start
-    def start(self, *a, **kw):
+    start,submit = threading.Thread.start,ThreadPoolExecutor.submit
+    def start_(self, *a, **kw):
         self.ipymini_parent = current_parent()
-        return orig(self, *a, **kw)
-    start.ipymini = True
-    threading.Thread.start = start
+        return start(self, *a, **kw)
+    # a pool's workers outlive the cell that started them, so each piece of work carries its own request
+    def submit_(self, fn, *a, **kw): return submit(self, run_as, current_parent(), fn, *a, **kw)
+    start_.ipymini = True
+    threading.Thread.start,ThreadPoolExecutor.submit = start_,submit_
