@@ -6,12 +6,21 @@ from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
+try: from IPython.core.completer import provisionalcompleter, rectify_completions
+except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
 from .capture import PARENT, Hook, Publisher
 
 SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
+
+def at_cursor(code, cursor_pos) -> int:
+    "`cursor_pos`, or the end of `code` when None; a position outside `code` is a ValueError the client gets back."
+    if cursor_pos is None: return len(code)
+    if not isinstance(cursor_pos, int) or not 0 <= cursor_pos <= len(code):
+        raise ValueError(f"cursor_pos {cursor_pos!r} is outside the code (0 to {len(code)})")
+    return cursor_pos
 
 def env_flag(name, default:bool) -> bool:
     "The boolean environment flag `name` (0/1, false/true), or `default` when unset."
@@ -76,7 +85,7 @@ class KernelBridge:
         from .profile import load_config
         self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, kernel=kernel, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
-        self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", True)
+        self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
 
     def input(self, prompt=""):
@@ -117,26 +126,26 @@ class KernelBridge:
         return Result("error", count, error, payload)
 
     def complete(self, code, cursor_pos=None) -> dict:
-        cursor_pos = len(code) if cursor_pos is None else cursor_pos
-        if self.experimental: return self.complete_experimental(code, cursor_pos)
+        "`matches` replacing `code[cursor_start:cursor_end]`; typed ones in metadata when experimental completions are on."
+        cursor_pos = at_cursor(code, cursor_pos)
+        if self.experimental and provisionalcompleter: return self.complete_experimental(code, cursor_pos)
         line,offset = line_at_cursor(code, cursor_pos)
-        txt,matches = self.ip.complete("", line, cursor_pos - offset)
+        txt,matches = self.ip.complete("", line, cursor_pos - offset)  # IPython's line completer sees the cursor's line only
         return dict(status="ok", matches=matches, cursor_start=cursor_pos - len(txt), cursor_end=cursor_pos, metadata={})
 
     def complete_experimental(self, code, cursor_pos) -> dict:
         "IPython's typed completions: matches plus `_jupyter_types_experimental` (text, type, start, end, signature)."
-        from IPython.core.completer import provisionalcompleter, rectify_completions
         with provisionalcompleter(): comps = list(rectify_completions(code, self.ip.Completer.completions(code, cursor_pos)))
-        start,end = (comps[0].start,comps[0].end) if comps else (cursor_pos,cursor_pos)
+        start,end = (comps[0].start,comps[0].end) if comps else (cursor_pos,cursor_pos)  # rectified: all share one span
         types = [dict(start=c.start, end=c.end, text=c.text, type=c.type, signature=c.signature) for c in comps]
         return dict(status="ok", matches=[c.text for c in comps], cursor_start=start, cursor_end=end, metadata={EXPERIMENTAL_KEY: types})
 
     def inspect(self, code, cursor_pos=None, detail_level=0, omit_sections=()) -> dict:
         "`found` and IPython's mime bundle for the name at the cursor; an unknown name is `found: false`, not an error."
-        name = token_at_cursor(code, len(code) if cursor_pos is None else cursor_pos)
+        name = token_at_cursor(code, at_cursor(code, cursor_pos))
         try: data = self.ip.object_inspect_mime(name, detail_level=detail_level, omit_sections=omit_sections)
         except KeyError: return dict(status="ok", found=False, data={}, metadata={})
-        if not self.ip.enable_html_pager: data.pop("text/html", None)
+        if not self.ip.enable_html_pager: data.pop("text/html", None)  # html only when the user asked for it, as in ipykernel
         return dict(status="ok", found=True, data=data, metadata={})
 
     def is_complete(self, code) -> dict:
@@ -145,11 +154,12 @@ class KernelBridge:
         return dict(status=status, indent=" "*(n or 0)) if status == "incomplete" else dict(status=status)
 
     def history(self, hist_access_type, output=False, raw=True, session=0, start=0, stop=None, n=None, pattern=None, unique=False, **kw):
+        "`history` as `[session, line, input]` rows, or `[session, line, [input, output]]` with `output`."
         hm = self.ip.history_manager
-        if hist_access_type == "tail": hist = hm.get_tail(n or 10, raw=raw, output=output, include_latest=True)
+        if hist_access_type == "tail": hist = hm.get_tail(10 if n is None else n, raw=raw, output=output, include_latest=True)
         elif hist_access_type == "range": hist = hm.get_range(session, start, stop, raw=raw, output=output)
         elif hist_access_type == "search": hist = hm.search(pattern or "*", raw=raw, output=output, n=n, unique=unique)
-        else: return dict(status="error", ename="ValueError", evalue=f"unknown hist_access_type {hist_access_type!r}", traceback=[], history=[])
+        else: raise ValueError(f"hist_access_type must be tail, range or search, not {hist_access_type!r}")
         return dict(status="ok", history=[list(h) for h in hist])
 
     def shutdown(self):

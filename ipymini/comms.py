@@ -1,4 +1,5 @@
 "Comms through the `comm` package: a Comm that publishes on the kernel's IOPub, and the one CommManager."
+import sys, traceback
 import comm
 from comm.base_comm import BaseComm, CommManager
 
@@ -9,10 +10,41 @@ class Comm(BaseComm):
         content = dict(data={} if data is None else data, comm_id=self.comm_id, **keys)
         self.kernel.ch.pub(msg_type, content, buffers=list(buffers or ()), metadata=metadata)
 
+def shown(what):
+    "Print the current exception to stderr, which the client shows under the comm message that caused it (as ipykernel does)."
+    print(what, traceback.format_exc(), sep="\n", file=sys.stderr)
+
+def with_views(msg):
+    "`msg` with its buffers as memoryviews, the type ipykernel hands to comm callbacks."
+    return {**msg, "buffers": [memoryview(b) for b in msg.get("buffers") or ()]}
+
+class Manager(CommManager):
+    "The comm package's manager; failures in targets and callbacks reach the client's stderr instead of the kernel log only."
+    def comm_open(self, stream, ident, msg):
+        c = msg["content"]
+        cm = comm.create_comm(comm_id=c["comm_id"], primary=False, target_name=c["target_name"])
+        self.register_comm(cm)
+        if (f := self.targets.get(c["target_name"])) is None: print(f"No such comm target registered: {c['target_name']}", file=sys.stderr)
+        else:
+            try: return f(cm, with_views(msg))
+            except Exception: shown(f"Exception opening comm with target: {c['target_name']}")
+        cm.close()  # tell the client its comm is gone, as the protocol asks when a target is missing or fails
+
+    def comm_msg(self, stream, ident, msg):
+        if (cm := self.get_comm(msg["content"]["comm_id"])) is None: return
+        try: cm.handle_msg(with_views(msg))
+        except Exception: shown(f"Exception in comm_msg for {cm.comm_id}")
+
+    def comm_close(self, stream, ident, msg):
+        if (cm := self.comms.pop(msg["content"]["comm_id"], None)) is None: return
+        cm._closed = True
+        try: cm.handle_close(with_views(msg))
+        except Exception: shown(f"Exception in comm_close for {cm.comm_id}")
+
 def install(kernel) -> CommManager:
     "Make `comm.create_comm`/`get_comm_manager` use this kernel; returns the manager."
     Comm.kernel = kernel
-    mgr = CommManager()
+    mgr = Manager()
     comm.create_comm = Comm
     comm.get_comm_manager = lambda: mgr
     return mgr

@@ -213,9 +213,12 @@ class Kernel:
         if req.sub is self.subs.parent: main_parent[0] = req.msg
 
     def missing(self, req):
-        if (miss := [k for k in required.get(req.msg_type, "").split() if k not in req.c]):
-            req.reply(self.err(f"{req.msg_type} is missing {', '.join(miss)}", "KeyError"))
-            return True
+        "Answer a request that lacks a required field with an error; comm messages have no reply, so they get a log line."
+        if not (miss := [k for k in required.get(req.msg_type, "").split() if k not in req.c]): return False
+        what = f"{req.msg_type} is missing {', '.join(miss)}"
+        if req.msg_type.endswith("_request"): req.reply(self.err(what, "KeyError"))
+        else: log.warning(what)
+        return True
 
     def dispatch_sync(self, handlers, req):
         self.enter(req)
@@ -246,6 +249,11 @@ class Kernel:
         tn = req.c.get("target_name")
         req.reply(status="ok", comms={k: dict(target_name=c.target_name) for k,c in list(comms) if tn is None or c.target_name == tn})
 
+    def get_parent(self, channel=None):
+        "The request being served here; ipywidgets' Output widget reads it to capture output from comm callbacks."
+        from .capture import current_parent
+        return current_parent()
+
     def safe(self, f, *args, **kw):
         "The reply content of `f(...)`, or an error reply naming what went wrong in it."
         try: return f(*args, **kw)
@@ -253,12 +261,13 @@ class Kernel:
             log.warning("%s failed: %r", f.__name__, e)
             return self.err(str(e), type(e).__name__)
 
-    def comm_open(self, req):  self.comm_manager.comm_open(None, None, req.msg)
+    def comm_open(self, req):  self.comm(self.comm_manager.comm_open, req)
     def comm_msg(self, req):   self.comm(self.comm_manager.comm_msg, req)
     def comm_close(self, req): self.comm(self.comm_manager.comm_close, req)
     def comm(self, f, req):
         "Run a comm handler as user code (interruptible, outputs parented to the comm message)."
-        if req.c["comm_id"] not in self.comm_manager.comms: return log.warning("%s for unknown comm %s", req.msg_type, req.c["comm_id"])
+        cid = req.c["comm_id"]
+        if req.msg_type != "comm_open" and cid not in self.comm_manager.comms: return log.warning("%s for unknown comm %s", req.msg_type, cid)
         req.sub.running = True
         try: f(None, None, req.msg)
         except KeyboardInterrupt: log.warning("%s interrupted", req.msg_type)
