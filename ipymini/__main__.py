@@ -1,4 +1,5 @@
-"CLI: `python -m ipymini -f CONN [--debug]` runs the kernel; `python -m ipymini install [--user|--sys-prefix|--prefix P]` the kernelspec."
+"""CLI: `python -m ipymini -f CONN [--debug] [--profile=NAME] [--Class.trait=value ...]` runs the kernel;
+`python -m ipymini install [--user|--sys-prefix|--prefix P]` writes the kernelspec."""
 import argparse, json, logging, os, shutil, sys, tempfile
 
 def install(args):
@@ -38,10 +39,12 @@ def main(argv=None):
         p.add_argument("--name", default="ipymini")
         p.add_argument("--display-name", default="Python 3 (ipymini)")
         return install(p.parse_args(argv[1:]))
-    p = argparse.ArgumentParser(prog="python -m ipymini")
+    p = argparse.ArgumentParser(prog="python -m ipymini", allow_abbrev=False)
     p.add_argument("-f", "--connection-file", required=True)
     p.add_argument("--debug", action="store_true")
-    a,_ = p.parse_known_args(argv)
+    a,rest = p.parse_known_args(argv)
+    from . import profile
+    profile.argv = rest  # IPython's options (--profile, --ext, --InteractiveShell.xmode=..., ...), read when the shell is built
     run(a.connection_file, a.debug or os.environ.get("IPYMINI_DEBUG", "") not in ("", "0"))
 
 if __name__ == "__main__": main()

@@ -10,6 +10,7 @@ try: from IPython.core.completer import provisionalcompleter, rectify_completion
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
 from .capture import PARENT, Hook, Publisher
+from .debug import CellCompiler
 
 SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
@@ -83,7 +84,7 @@ class KernelBridge:
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
         from .profile import load_config
-        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, kernel=kernel, **shell_kw)
+        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler, kernel=kernel, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass

@@ -1,5 +1,5 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import asyncio, logging, os, platform, signal, sys, threading
+import asyncio, importlib.util, logging, os, platform, signal, sys, threading
 from collections import deque
 from contextlib import contextmanager
 import zmq
@@ -307,7 +307,7 @@ class Kernel:
             banner=banner(), help_links=help_links, debugger=self.debug_ok(),
             supported_features=["kernel subshells"] + (["debugger"] if self.debug_ok() else []))
 
-    def debug_ok(self): return False
+    def debug_ok(self): return importlib.util.find_spec("debugpy") is not None  # found, not imported: debugpy loads on first use
 
     def shutdown_request(self, req):
         restart = bool(req.c.get("restart", False))
