@@ -84,7 +84,8 @@ class KernelBridge:
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
         from .profile import load_config
-        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler, kernel=kernel, **shell_kw)
+        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler,
+            kernel=kernel, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
