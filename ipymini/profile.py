@@ -1,5 +1,5 @@
 "The user's IPython set-up, as ipykernel honours it: profile dir, config files, CLI options, extensions, startup files, exec_lines/files."
-import glob, logging, os, re, sys
+import glob, logging, os, re
 
 log = logging.getLogger("ipymini.profile")
 argv = []  # IPython-style options from the kernel's command line (`--profile=NAME`, `--Class.trait=value`, ...); set by __main__
@@ -55,6 +55,11 @@ def drop_bad(cfg):
                     del kv[k]
     return cfg
 
+def checked(cfg):
+    "`cfg` with ipykernel's shell section read as ours (more specific than `InteractiveShell`, as there) and bad values left out."
+    if "ZMQInteractiveShell" in cfg: cfg.MiniShell.merge(cfg.pop("ZMQInteractiveShell"))  # MiniShell: bridge.py's shell class
+    return drop_bad(cfg)
+
 def find_profile(ipdir, name, cfg):
     "The ProfileDir at `ProfileDir.location` or named `name` in `ipdir`; created if missing, as IPython does for `default`."
     from IPython.core.profiledir import ProfileDir, ProfileDirError
@@ -85,11 +90,10 @@ def load_config():
     pd = state["profile_dir"] = find_profile(ipdir, cli_str(app.get("profile")) or "default", cl)
     paths,cfg = [pd.location, *ENV_CONFIG_DIRS, *SYSTEM_CONFIG_DIRS],Config()
     for name in ("ipython_config", "ipython_kernel_config"):
-        for c in config_files(name, paths): cfg.merge(drop_bad(c))
+        for c in config_files(name, paths): cfg.merge(checked(c))
     if extra := cli_str(app.get("extra_config_file")):
-        for c in config_files(os.path.splitext(os.path.abspath(os.path.expanduser(extra)))[0], [None]): cfg.merge(drop_bad(c))
-    cfg.merge(drop_bad(cl))  # the command line wins over config files, as in IPython
-    if "ZMQInteractiveShell" in cfg: cfg.MiniShell.merge(cfg.ZMQInteractiveShell)  # settings written for ipykernel's shell class
+        for c in config_files(os.path.splitext(os.path.abspath(os.path.expanduser(extra)))[0], [None]): cfg.merge(checked(c))
+    cfg.merge(checked(cl))  # the command line wins over config files, as in IPython
     if "hist_file" not in cfg.HistoryManager and "hist_file" not in cfg.HistoryAccessor:
         cfg.HistoryManager.hist_file = os.path.join(pd.location, "history.sqlite")  # the shell would open the default profile's
     return cfg
@@ -108,7 +112,9 @@ def kernel_app():
             files += sorted(f for d in dirs for ext in ("py", "ipy") for f in glob.glob(os.path.join(glob.escape(d), "*." + ext)))
             for f in files:
                 try: self._exec_file(f)
-                except Exception as e: log.error("startup file %s raised:\n%s", f, plain(self.shell.InteractiveTB.structured_traceback(type(e), e, e.__traceback__.tb_next)))
+                except Exception as e:
+                    stb = self.shell.InteractiveTB.structured_traceback(type(e), e, e.__traceback__.tb_next)  # from the file's frame on
+                    log.error("startup file %s raised:\n%s", f, plain(stb))
     return IPKernelApp
 
 def init_profile(ip):

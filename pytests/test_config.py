@@ -41,7 +41,7 @@ def work(kernel_name, tmp_path_factory):
     write(prof/"ipython_kernel_config.py", 'c.InteractiveShellApp.extensions = ["cfgext"]\n'
         'c.InteractiveShellApp.exec_lines = ["order.append(\'exec_lines\')", "exec_line_var = 42"]\n'
         'c.IPKernelApp.exec_files = ["setup_file.py"]\nc.InteractiveShell.xmode = "Minimal"\nc.InteractiveShell.colors = "nocolor"\n'
-        'c.InteractiveShell.ast_node_interactivity = "all"\n')
+        'c.InteractiveShell.ast_node_interactivity = "all"\nc.ZMQInteractiveShell.banner2 = "zmq"\nc.InteractiveShell.banner2 = "any"\n')
     write(prof/"startup"/"00-first.py", 'order.append("py")\nimport os\nstartup_cwd = os.getcwd()\n')
     write(prof/"startup"/"50-second.ipy", 'order.append("ipy")\nipy_pwd = %pwd\n')
     write(ipd/"profile_default"/"startup"/"00-wrong.py", "wrong_profile = True\n")
@@ -80,6 +80,11 @@ def test_kernel_config_beats_ipython_config(work):
     assert "Traceback" not in tb and "1/0" not in tb  # Minimal: the exception line alone
     assert "\x1b[" not in tb  # colors = nocolor
     assert out(kc, "print(get_ipython().displayhook.cache_size)").strip() == "1234"
+
+def test_settings_for_ipykernels_shell_class(work):
+    "`ZMQInteractiveShell.*` settings apply, and beat `InteractiveShell.*` ones, as they do in ipykernel."
+    kc,_ = work
+    assert out(kc, "print(get_ipython().banner2)").strip() == "zmq"
 
 def test_ast_node_interactivity_and_config_magic(work):
     "`ast_node_interactivity='all'` from the config file shows every expression; `%config` changes it for later cells."
@@ -148,6 +153,12 @@ def test_kernelspec_env_and_default_profile(kernel_name, tmp_path):
         code = "import os\nip = get_ipython()\nprint(os.environ['CFG_SPEC_VAR'], from_default_startup, ip.profile, ip.profile_dir.location, sep='|')"
         assert out(kc, code).strip().split("|") == ["from-spec", "7", "default", str(ipd/"profile_default")]
 
+@contextmanager
+def logged_kernel(kernel_name, tmp, args=()):
+    "A kernel with IPYTHONDIR `tmp/ipd`, command-line `args`, and its stderr in `tmp/stderr.txt`."
+    with open(tmp/"stderr.txt", "w") as err, start_kernel(kernel_name, env=kenv(IPYTHONDIR=str(tmp/"ipd")), stderr=err,
+        extra_arguments=list(args)) as (km,kc): yield kc
+
 @pytest.fixture(scope="module")
 def broken(kernel_name, tmp_path_factory):
     "A kernel whose profile is broken every way: a startup file raises, ipython_config.py raises, an extension and an exec_line fail."
@@ -158,8 +169,7 @@ def broken(kernel_name, tmp_path_factory):
     write(prof/"ipython_config.py", "raise RuntimeError('boom-config-xyz')\n")
     write(prof/"ipython_kernel_config.py", 'c.InteractiveShellApp.extensions = ["no_such_extension_xyz"]\n'
         'c.InteractiveShellApp.exec_lines = ["1/0", "after_exec_error = True"]\n')
-    with open(tmp/"stderr.txt", "w") as err, start_kernel(kernel_name, env=kenv(IPYTHONDIR=str(tmp/"ipd")), stderr=err) as (km,kc):
-        yield kc,tmp/"stderr.txt"
+    with logged_kernel(kernel_name, tmp) as kc: yield kc,tmp/"stderr.txt"
 
 def test_broken_setup_still_starts(broken):
     "The kernel answers cells, and later exec_lines run after one that raised."
@@ -200,8 +210,7 @@ def test_cli_options(kernel_name, tmp_path):
     ipykernel fails this: an unknown flag or profile makes it exit at start, so the front end sees a kernel that dies on every restart."""
     args = ["--no-such-flag", "--weird=1", "--IPKernelApp.no_such_trait=3", "stray", "--InteractiveShell.xmode=Plain", "--ext=autoreload",
         "--cache-size=777", "-c", "from_cli_code = 5", "--profile=no_such_profile"]
-    with open(tmp_path/"stderr.txt", "w") as err, start_kernel(kernel_name, env=kenv(IPYTHONDIR=str(tmp_path/"ipd")), stderr=err,
-            extra_arguments=args) as (km,kc):
+    with logged_kernel(kernel_name, tmp_path, args) as kc:
         code = ("ip = get_ipython()\nprint(ip.InteractiveTB.mode, 'autoreload' in ip.magics_manager.magics['line'], ip.displayhook.cache_size, "
             "from_cli_code, ip.profile, sep='|')")
         assert out(kc, code).strip().split("|") == ["Plain", "True", "777", "5", "default"]
@@ -213,8 +222,7 @@ def test_bad_config_values_are_skipped(kernel_name, tmp_path):
     ipykernel fails this: traitlets raises while the shell is built from the config, and the kernel dies at start."""
     write(tmp_path/"ipd"/"profile_default"/"ipython_kernel_config.py", 'c.InteractiveShell.xmode = "NoSuchMode"\n'
         'c.InteractiveShell.cache_size = 555\nc.IPKernelApp.exec_lines = 3\nc.InteractiveShellApp.exec_lines = ["ok_line = 1"]\n')
-    with open(tmp_path/"stderr.txt", "w") as err, start_kernel(kernel_name, env=kenv(IPYTHONDIR=str(tmp_path/"ipd")), stderr=err,
-            extra_arguments=["--cache-size=notanumber", "--InteractiveShell.colors=nocolor"]) as (km,kc):
+    with logged_kernel(kernel_name, tmp_path, ["--cache-size=notanumber", "--InteractiveShell.colors=nocolor"]) as kc:
         assert out(kc, "ip = get_ipython()\nprint(ip.displayhook.cache_size, ip.colors, ok_line)").strip() == "555 nocolor 1"
     s = (tmp_path/"stderr.txt").read_text()
     assert "NoSuchMode" in s and "notanumber" in s
