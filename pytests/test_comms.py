@@ -109,8 +109,9 @@ def test_errors_in_callbacks_reach_the_client(kc):
 
 def test_unknown_comm_and_missing_fields_keep_serving(kc):
     "comm_msg/comm_close for an unknown comm, or without a comm_id: no reply is due; the kernel logs and keeps serving."
-    for msg_type,content in [("comm_msg", dict(comm_id="nope", data={})), ("comm_close", dict(comm_id="nope", data={})),
-            ("comm_msg", dict(data={})), ("comm_open", dict(data={}))]:
+    bad = [("comm_msg", dict(comm_id="nope", data={})), ("comm_close", dict(comm_id="nope", data={})), ("comm_msg", dict(data={})),
+        ("comm_open", dict(data={}))]
+    for msg_type,content in bad:
         outs = comm_outs(kc, msg_type, **content)
         assert not {"comm_msg", "comm_close", "comm_open", "error"} & set(types(outs)), (msg_type, types(outs))
     reply,outs = run(kc, "print('still here')")

@@ -1,6 +1,6 @@
 "complete_request and is_complete_request: IPython's completer through the wire, its typed metadata, bad input, and answers mid-cell."
 import os, time, pytest
-from kutils import run, request, shell_reply, start_kernel, TIMEOUT
+from kutils import run, request, shell_reply, start_kernel
 
 EXP = "_jupyter_types_experimental"
 
@@ -48,6 +48,12 @@ def test_cursor_inside_multiline_cell(kc):
     c = complete(kc, code, pos)
     assert c["matches"] == ["alpha_gamma"]
     assert (c["cursor_start"], c["cursor_end"]) == (pos - len("alpha_ga"), pos)
+
+def test_cursor_counts_code_points(kc):
+    "Protocol 5.2+: `cursor_pos` and the reply's positions count unicode code points, so an emoji before the cursor is one."
+    code = "s = '\U0001F600'; alpha_b"
+    c = complete(kc, code)
+    assert c["matches"] == ["alpha_beta"] and (c["cursor_start"], c["cursor_end"]) == (len(code) - 7, len(code))
 
 def test_experimental_types(kc):
     c = complete(kc, "myf")
