@@ -1,5 +1,5 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import asyncio, importlib.util, logging, os, platform, signal, sys, threading
+import asyncio, importlib.util, logging, os, platform, signal, sys, threading, time
 from collections import deque
 from contextlib import contextmanager
 import zmq
@@ -27,7 +27,7 @@ class Req:
     "A request as handlers see it: the message, where it came from, and how to answer it."
     def __init__(self, kernel, sock, idents, msg, sub=None):
         self.kernel,self.sock,self.idents,self.msg,self.sub = kernel,sock,idents,msg,sub
-        self.msg_type,self.c = msg["header"]["msg_type"],msg["content"]
+        self.msg_type,self.c,self.arrived = msg["header"]["msg_type"],msg["content"],time.monotonic()
 
     def reply(self, content=None, metadata=None, **kw):
         "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far."
@@ -48,10 +48,10 @@ class Outbox:
             os.write(self.w, b"!")
 
     def take(self):
-        "Everything queued so far; the flag is reset first, so a later put always wakes the owner again."
-        self.signalled = False
+        "Everything queued so far. The wake-up bytes are read before the flag is reset, so a put after the reset always writes one."
         try: os.read(self.r, 4096)
         except BlockingIOError: pass
+        self.signalled = False
         items = []
         while self.q: items.append(self.q.popleft())
         return items
@@ -76,7 +76,7 @@ class SockThread(threading.Thread):
                     for frames in self.outbox.take():
                         if frames is None: return self.sock.close(linger=200)
                         try: self.send_frames(frames)
-                        except zmq.ZMQError as e: log.warning("%s: send failed: %s", self.name, e)
+                        except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
 
     def drain_in(self):
         while True:
@@ -180,6 +180,8 @@ class Kernel:
     def on_stdin(self, sock, frames):
         if (req := self.recv(sock, frames, "stdin")) is None: return
         pid = req.msg["parent_header"].get("msg_id")
+        # jupyter_client's `input()` sends replies with no parent header: those answer the oldest waiting request
+        if pid is None and self.waiting: pid = next(iter(self.waiting), None)
         if req.msg_type != "input_reply" or pid not in self.waiting: return log.warning("stdin: ignored a stray %s", req.msg_type)
         self.answer(pid, req.c.get("value", ""))
 
@@ -286,9 +288,11 @@ class Kernel:
             res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=[]))
             self.ch.pub("error", res.error)
         finally: sub.running = False
+        # stop_on_error: abort what arrived before this reply, never what the client sends after seeing it
+        if res.status == "error" and c.get("stop_on_error", True): sub.abort_before = time.monotonic()
         req.reply(self.exec_reply(res), metadata=dict(started=started, dependencies_met=True, engine=self.session.sid, status=res.status))
-        if res.status == "error" and c.get("stop_on_error", True): sub.aborting = True
-        if self.bridge.ip.exit_now and not silent: self.stop()
+        # `exit`: stop a moment after the reply, as ipykernel does; jupyter console stops reading replies once the kernel is gone
+        if self.bridge.ip.exit_now and not silent: threading.Timer(0.1, self.stop).start()
 
     def exec_reply(self, res):
         base = dict(status=res.status, execution_count=res.count)

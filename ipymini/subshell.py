@@ -20,7 +20,7 @@ class Subshell:
         self.sel = WatchedSelector()
         self.loop = asyncio.SelectorEventLoop(self.sel)
         self.queue,self.task,self.thread = asyncio.Queue(),None,None
-        self.running,self.aborting = False,False  # `running`: user code may be on the stack (interrupts land only then)
+        self.running,self.abort_before = False,0.0  # `running`: user code may be on the stack (interrupts land only then)
 
     def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
     def stop(self): self.submit(STOP)
@@ -31,13 +31,12 @@ class Subshell:
         SUB.set(self.sid)
         while (req := await self.queue.get()) is not STOP:
             try:
-                if self.aborting and req.msg_type == "execute_request": self.kernel.abort(req)
+                if req.msg_type == "execute_request" and req.arrived < self.abort_before: self.kernel.abort(req)
                 else:
                     self.task = asyncio.ensure_future(self.kernel.dispatch(self.kernel.shell_handlers, req))
                     await self.task
             except BaseException: log.exception("error serving %s", req.msg_type)
             finally: self.task = None
-            if self.queue.empty(): self.aborting = False  # stop_on_error aborts only what was queued behind the error
 
     def run(self):
         "Serve until stopped; a KeyboardInterrupt that lands in the loop's own code rather than a cell is shrugged off."

@@ -20,22 +20,28 @@ def start_kernel(name="ipymini", **kw):
         km.shutdown_kernel(now=False)
 
 def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
-    "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped)."
-    outs,end = [],time.monotonic() + timeout
+    "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped); others are kept for their own callers."
+    stash = kc.__dict__.setdefault("iopub_stash", {})
+    outs,end,early = [],time.monotonic() + timeout,stash.pop(msg_id, [])
     while True:
-        m = kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
-        if m["parent_header"].get("msg_id") != msg_id: continue
+        m = early.pop(0) if early else kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
+        if (pid := m["parent_header"].get("msg_id")) != msg_id:
+            stash.setdefault(pid, []).append(m)
+            continue
         if m["msg_type"] == "status":
             if m["content"]["execution_state"] == "idle": return outs
             continue
         outs.append(m)
 
 def shell_reply(kc, msg_id, timeout=TIMEOUT):
-    "The shell reply to `msg_id` (others are skipped)."
+    "The shell reply to `msg_id`; replies to other requests that arrive first are kept for their own callers."
+    early = kc.__dict__.setdefault("early_replies", {})
+    if msg_id in early: return early.pop(msg_id)
     end = time.monotonic() + timeout
     while True:
         m = kc.get_shell_msg(timeout=max(0.01, end - time.monotonic()))
         if m["parent_header"].get("msg_id") == msg_id: return m
+        early[m["parent_header"].get("msg_id")] = m
 
 def run(kc, code, timeout=TIMEOUT, **kw):
     "Execute `code`; `(reply content, iopub messages)` once both the reply and idle are in."
@@ -48,6 +54,7 @@ def request(kc, msg_type, channel="shell", timeout=TIMEOUT, **content):
     ch = getattr(kc, f"{channel}_channel")
     msg = kc.session.msg(msg_type, content)
     ch.send(msg)
+    if channel == "shell": return shell_reply(kc, msg["header"]["msg_id"], timeout)
     end = time.monotonic() + timeout
     while True:
         m = ch.get_msg(timeout=max(0.01, end - time.monotonic()))
@@ -62,3 +69,13 @@ def drain(kc, timeout=0.2):
     try:
         while True: kc.get_iopub_msg(timeout=timeout)
     except queue.Empty: pass
+
+def wait_msg(kc, pred, timeout=TIMEOUT):
+    "The next IOPub message matching `pred`, looking first at those kept aside by `iopub_until_idle`."
+    for msgs in kc.__dict__.get("iopub_stash", {}).values():
+        for i,m in enumerate(msgs):
+            if pred(m): return msgs.pop(i)
+    end = time.monotonic() + timeout
+    while True:
+        m = kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
+        if pred(m): return m

@@ -1,0 +1,50 @@
+"Interrupts by SIGINT (KernelManager.interrupt_kernel) and by interrupt_request on control, of every kind of cell."
+import time, pytest
+from kutils import run, request, shell_reply, iopub_until_idle, types, text, TIMEOUT
+
+pytestmark = pytest.mark.slow
+
+cells = dict(busy="while True: pass", sleep="import time; time.sleep(100)", awaiting="import asyncio; await asyncio.sleep(100)",
+    input="input('say: ')")
+
+def started(kc, mid):
+    "Wait until the cell is running (its execute_input is out), then give it a moment to get into its loop."
+    while True:
+        m = kc.get_iopub_msg(timeout=TIMEOUT)
+        if m["parent_header"].get("msg_id") == mid and m["msg_type"] == "execute_input": break
+    time.sleep(0.3)
+
+def interrupt(kc, km, how):
+    if how == "signal": km.interrupt_kernel()
+    else: assert request(kc, "interrupt_request", "control")["content"]["status"] == "ok"
+
+@pytest.mark.parametrize("how", ["signal", "message"])
+@pytest.mark.parametrize("kind", list(cells))
+def test_interrupt_cell(kc, km, how, kind):
+    """Each kind of cell ends with KeyboardInterrupt and the kernel runs the next one.
+    ipykernel 7 never answers an interrupted `await asyncio.sleep(100)` cell (the test times out): a user could not stop it."""
+    mid = kc.execute(cells[kind], allow_stdin=kind == "input")
+    started(kc, mid)
+    if kind == "input": kc.get_stdin_msg(timeout=TIMEOUT)
+    interrupt(kc, km, how)
+    reply = shell_reply(kc, mid)["content"]
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    reply,outs = run(kc, "print('next')")
+    assert reply["status"] == "ok" and text(outs) == "next\n"
+
+@pytest.mark.parametrize("how", ["signal", "message"])
+def test_interrupt_idle_is_harmless(kc, km, how):
+    interrupt(kc, km, how)
+    time.sleep(0.2)
+    reply,outs = run(kc, "print('alive')")
+    assert reply["status"] == "ok" and text(outs) == "alive\n"
+
+def test_interrupt_burst(kc, km):
+    "50 interrupts by both paths: one error reply, a live kernel. ipykernel 7 stops answering here (the test times out)."
+    mid = kc.execute("import time\nfor i in range(1000): time.sleep(0.01)")
+    started(kc, mid)
+    for i in range(50): interrupt(kc, km, "signal" if i % 2 else "message")
+    assert shell_reply(kc, mid)["content"]["status"] == "error"
+    time.sleep(0.3)
+    reply,outs = run(kc, "print('survived')")
+    assert reply["status"] == "ok" and text(outs) == "survived\n"

@@ -1,0 +1,133 @@
+"Subshells (JEP 91): lifecycle on control, concurrency, per-subshell counts, output parenting; async tasks across cells."
+import time, pytest
+from kutils import run, request, shell_reply, iopub_until_idle, types, text, wait_msg, TIMEOUT
+
+def create(kc): return request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
+def delete(kc, sid): return request(kc, "delete_subshell_request", "control", subshell_id=sid)["content"]
+
+def execute(kc, code, sid=None, **kw):
+    "Send an execute_request to subshell `sid`; returns its msg_id."
+    msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=True, user_expressions={},
+        allow_stdin=False, stop_on_error=True, **kw))
+    if sid: msg["header"]["subshell_id"] = sid
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+def test_kernel_info_lists_subshells(kc):
+    assert "kernel subshells" in request(kc, "kernel_info_request")["content"]["supported_features"]
+
+def test_lifecycle(kc):
+    before = request(kc, "list_subshell_request", "control")["content"]["subshell_id"]
+    sid = create(kc)
+    assert sid in request(kc, "list_subshell_request", "control")["content"]["subshell_id"]
+    assert delete(kc, sid)["status"] == "ok"
+    assert request(kc, "list_subshell_request", "control")["content"]["subshell_id"] == before
+    assert delete(kc, sid)["status"] == "error"
+
+def test_unknown_subshell_id_gets_error(kc):
+    mid = execute(kc, "1", sid="no-such-subshell")
+    assert shell_reply(kc, mid)["content"]["status"] == "error"
+
+def test_shared_namespace_and_own_counts(kc):
+    sid = create(kc)
+    try:
+        run(kc, "shared = 'from parent'")
+        counts = [shell_reply(kc, execute(kc, "print(shared)", sid))["content"]["execution_count"] for _ in range(3)]
+        assert counts == [counts[0], counts[0] + 1, counts[0] + 2]
+        mid = execute(kc, "print(shared)", sid)
+        assert text(iopub_until_idle(kc, mid)) == "from parent\n"
+        r1,_ = run(kc, "1")
+        r2,_ = run(kc, "2")
+        assert r2["execution_count"] == r1["execution_count"] + 1
+    finally: delete(kc, sid)
+
+def test_four_subshells_overlap(kc):
+    "Four `sleep(1)` cells in four subshells overlap: each records when it started and ended, inside the kernel."
+    sids = [create(kc) for _ in range(4)]
+    try:
+        run(kc, "import time; spans = {}")
+        mids = [execute(kc, f"t0 = time.monotonic(); time.sleep(1); spans[{i}] = (t0, time.monotonic())", sid) for i,sid in enumerate(sids)]
+        for m in mids: assert shell_reply(kc, m)["content"]["status"] == "ok"
+        _,outs = run(kc, "print(max(s for s,e in spans.values()) < min(e for s,e in spans.values()))")
+        assert text(outs) == "True\n"
+    finally:
+        for s in sids: delete(kc, s)
+
+def test_subshell_runs_while_parent_busy(kc):
+    sid = create(kc)
+    try:
+        busy = kc.execute("import time; time.sleep(3)")
+        t = time.monotonic()
+        reply = shell_reply(kc, execute(kc, "print('sub')", sid))["content"]
+        assert reply["status"] == "ok" and time.monotonic() - t < 2.5
+        shell_reply(kc, busy)
+    finally: delete(kc, sid)
+
+def test_output_parented_to_subshell_request(kc):
+    sid = create(kc)
+    try:
+        parent = kc.execute("import time; print('p1'); time.sleep(0.5); print('p2')")
+        child = execute(kc, "print('c1'); display('c2'); 1/0", sid)
+        pouts,couts = iopub_until_idle(kc, parent),iopub_until_idle(kc, child)
+        assert text(pouts) == "p1\np2\n"
+        assert text(couts) == "c1\n" and types(couts)[-2:] == ["display_data", "error"]
+    finally: delete(kc, sid)
+
+def test_subshell_stop_on_error_is_its_own(kc):
+    sid = create(kc)
+    try:
+        ids = [execute(kc, "import time; time.sleep(0.3); 1/0", sid), execute(kc, "print('x')", sid)]
+        p = kc.execute("print('parent fine')")
+        assert [shell_reply(kc, i)["content"]["status"] for i in ids] == ["error", "aborted"]
+        assert shell_reply(kc, p)["content"]["status"] == "ok"
+    finally: delete(kc, sid)
+
+def test_delete_busy_subshell(kc):
+    sid = create(kc)
+    mid = execute(kc, "while True: pass", sid)
+    time.sleep(0.5)
+    assert delete(kc, sid)["status"] == "ok"
+    assert shell_reply(kc, mid)["content"]["status"] == "error"
+    assert run(kc, "1")[0]["status"] == "ok"
+
+@pytest.mark.parametrize("how", ["signal", "message"])
+def test_interrupt_subshell(kc, km, how):
+    sid = create(kc)
+    try:
+        mid = execute(kc, "while True: pass", sid)
+        time.sleep(0.5)
+        if how == "signal": km.interrupt_kernel()
+        else: request(kc, "interrupt_request", "control")
+        reply = shell_reply(kc, mid)["content"]
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert shell_reply(kc, execute(kc, "1", sid))["content"]["status"] == "ok"
+    finally: delete(kc, sid)
+
+def test_background_task_keeps_running(kc):
+    "An asyncio task made in one cell runs while later cells execute, its output parented to the cell that made it."
+    first = kc.execute("import asyncio\nasync def tick():\n    for i in range(3):\n        await asyncio.sleep(0.3)\n        print('tick', i)\n"
+        "task = asyncio.ensure_future(tick())")
+    iopub_until_idle(kc, first)
+    reply,_ = run(kc, "await asyncio.sleep(1.2); task.done()")
+    assert reply["status"] == "ok"
+    got = [wait_msg(kc, lambda m: m["msg_type"] == "stream" and "tick" in m["content"]["text"]) for _ in range(3)]
+    assert "".join(g["content"]["text"] for g in got) == "tick 0\ntick 1\ntick 2\n"
+    assert all(g["parent_header"]["msg_id"] == first for g in got)
+
+def test_thread_output_parented_to_starting_cell(kc):
+    first = kc.execute("import threading, time\nev = threading.Event()\n"
+        "def work():\n    ev.wait()\n    print('from thread')\nthreading.Thread(target=work).start()")
+    iopub_until_idle(kc, first)
+    second = kc.execute("ev.set(); time.sleep(0.3); print('cell two')")
+    outs2 = iopub_until_idle(kc, second)
+    assert text(outs2) == "cell two\n"
+    m = wait_msg(kc, lambda m: m["msg_type"] == "stream" and "from thread" in m["content"]["text"])
+    assert m["parent_header"]["msg_id"] == first
+
+def test_complete_while_cell_runs(kc):
+    busy = kc.execute("import time; time.sleep(3)")
+    time.sleep(0.3)
+    t = time.monotonic()
+    c = request(kc, "complete_request", code="import o", cursor_pos=8)["content"]
+    assert c["status"] == "ok" and "os" in c["matches"] and time.monotonic() - t < 2.5
+    shell_reply(kc, busy)
