@@ -92,11 +92,16 @@ class KernelBridge:
 
     def input(self, prompt=""):
         if not ALLOW_STDIN.get(): raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
-        return self.ask(str(prompt), False)
+        return self.answer(str(prompt), False)
 
     def getpass(self, prompt="Password: ", stream=None):
         if not ALLOW_STDIN.get(): raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
-        return self.ask(str(prompt), True)
+        return self.answer(str(prompt), True)
+
+    def answer(self, prompt, password):
+        "The client's reply; Ctrl-D (`\\x04`) is end of input, as in a terminal."
+        if (v := self.ask(prompt, password)) == "\x04": raise EOFError
+        return v
 
     @property
     def count(self) -> int: return self.ip.execution_count
