@@ -100,11 +100,16 @@ def test_unknown_target_closes_the_comm(kc):
     assert cid not in infos(kc)["comms"]
 
 def test_errors_in_callbacks_reach_the_client(kc):
-    "A comm callback that raises: its traceback goes to stderr under the comm_msg, and the kernel keeps serving."
+    "A comm callback or target that raises: its traceback goes to stderr under the comm message, a failed open is closed, the kernel keeps serving."
     _,outs = run(kc, "from comm import create_comm\nc5 = create_comm(target_name='boom')\nc5.on_msg(lambda m: 1/0)")
     cid = only(outs, "comm_open")["content"]["comm_id"]
     outs = comm_outs(kc, "comm_msg", comm_id=cid, data={})
     assert "ZeroDivisionError" in text(outs, "stderr")
+    run(kc, "get_ipython().kernel.comm_manager.register_target('bad-target', lambda c, m: 1/0)")
+    cid = uuid.uuid4().hex
+    outs = comm_outs(kc, "comm_open", comm_id=cid, target_name="bad-target", data={})
+    assert "ZeroDivisionError" in text(outs, "stderr") and only(outs, "comm_close")["content"]["comm_id"] == cid
+    assert cid not in infos(kc)["comms"]
     assert run(kc, "1")[0]["status"] == "ok"
 
 def test_unknown_comm_and_missing_fields_keep_serving(kc):
