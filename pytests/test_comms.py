@@ -76,7 +76,8 @@ def test_client_opens_comm_to_target(kc):
     assert text(outs) == "[{'o': 1}]\n"
 
 def test_client_closes_comm(kc):
-    reply,outs = run(kc, "from comm import create_comm\nc3 = create_comm(target_name='closing')\nc3.on_close(lambda m: print('closed with', m['content']['data']))")
+    _,outs = run(kc, "from comm import create_comm\nc3 = create_comm(target_name='closing')\n"
+        "c3.on_close(lambda m: print('closed with', m['content']['data']))")
     cid = only(outs, "comm_open")["content"]["comm_id"]
     outs = comm_outs(kc, "comm_close", comm_id=cid, data={"bye": 1})
     assert text(outs) == "closed with {'bye': 1}\n"
@@ -100,7 +101,7 @@ def test_unknown_target_closes_the_comm(kc):
     assert cid not in infos(kc)["comms"]
 
 def test_errors_in_callbacks_reach_the_client(kc):
-    "A comm callback or target that raises: its traceback goes to stderr under the comm message, a failed open is closed, the kernel keeps serving."
+    "A comm callback or target that raises: the traceback goes to stderr under the comm message, a failed open is closed, and serving goes on."
     _,outs = run(kc, "from comm import create_comm\nc5 = create_comm(target_name='boom')\nc5.on_msg(lambda m: 1/0)")
     cid = only(outs, "comm_open")["content"]["comm_id"]
     outs = comm_outs(kc, "comm_msg", comm_id=cid, data={})
