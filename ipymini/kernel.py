@@ -63,6 +63,14 @@ class SockThread(threading.Thread):
         self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox()
 
     def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
+    def dump_stacks(self, sig=None, frame=None):
+        "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
+        import traceback
+        names = {t.ident: t.name for t in threading.enumerate()}
+        out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
+        for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
+        print("\n".join(out), file=self.log_stream, flush=True)
+
     def stop(self): self.outbox.put(None)
 
     def run(self):
@@ -357,23 +365,31 @@ class Kernel:
         "Interrupt the parent subshell by SIGINT (so it lands in user code), the others by async exception; end input() waits."
         for mid,(_,_,t) in list(self.waiting.items()):
             if t is not threading.main_thread(): self.answer(mid, KeyboardInterrupt)
-        if self.subs.parent.running: os.kill(os.getpid(), signal.SIGINT)
         for s in self.subs.subs.values(): s.interrupt()
+        if self.subs.parent.running: os.kill(os.getpid(), signal.SIGINT)  # last: on the main thread it raises at once
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle kernel ignores it."
         for s in self.subs.subs.values(): s.interrupt()
         self.subs.parent.interrupt(raise_here=True)
 
+    def dump_stacks(self, sig=None, frame=None):
+        "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
+        import traceback
+        names = {t.ident: t.name for t in threading.enumerate()}
+        out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
+        for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
+        print("\n".join(out), file=self.log_stream, flush=True)
+
     def stop(self):
         "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."
         if self.stopping.is_set(): return
         self.stopping.set()
-        self.interrupt()
         for s in self.subs.all(): s.stop()
         t = threading.Timer(5, lambda: os._exit(0))  # a cell that ignores interrupts must not keep the process alive
         t.daemon = True
         t.start()
+        self.interrupt()  # last: from the main thread, the SIGINT it sends raises right here
 
     def start(self):
         "Sockets first, so the first kernel_info is answered while IPython loads; then the shell; then serve on this thread."
@@ -382,6 +398,7 @@ class Kernel:
         self.start_sockets()
         signal.signal(signal.SIGINT, self.on_sigint)
         signal.signal(signal.SIGTERM, lambda *a: self.stop())
+        signal.signal(signal.SIGUSR1, self.dump_stacks)
         self.bridge = KernelBridge(self.ask, kernel=self)
         self.ch.install(self.bridge.ip, capture_fds=os.environ.get("IPYMINI_CAPTURE_FDS", "1") != "0")
         self.comm_manager = comms.install(self)
