@@ -18,8 +18,13 @@ def install(args):
 
 def run(conn_file, debug=False):
     log_stream = os.fdopen(os.dup(2), "w", buffering=1)  # logs stay on the terminal after fd 2 is captured
-    logging.basicConfig(stream=log_stream, level=logging.DEBUG if debug else logging.WARNING,
-        format="[%(name)s %(levelname)s %(asctime)s] %(message)s")
+    # only our own logger: the root logger stays the user's, so `logging.warning(...)` in a cell shows in the cell, as in ipykernel
+    h = logging.StreamHandler(log_stream)
+    h.setFormatter(logging.Formatter("[%(name)s %(levelname)s %(asctime)s] %(message)s"))
+    log = logging.getLogger("ipymini")
+    log.addHandler(h)
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    log.propagate = False
     if debug: os.environ["IPYMINI_DEBUG"] = "1"
     from .kernel import Kernel
     with open(conn_file) as f: conn = json.load(f)
