@@ -80,7 +80,12 @@ def config_files(name, paths):
             except Exception: log.error("error in config file %s; its settings are skipped", loader.full_filename or name, exc_info=True)
 
 def load_config():
-    "The traitlets config the shell is built with: `ipython_config` then `ipython_kernel_config` from the profile, then the command line."
+    "The traitlets config the shell is built with; None (IPython's defaults) if the profile can't be read at all."
+    try: return read_config()
+    except Exception: log.exception("could not load the IPython profile; starting with IPython's defaults")
+
+def read_config():
+    "`ipython_config` then `ipython_kernel_config` from the profile dir, then the system dirs, then the command line on top."
     from IPython.core.application import ENV_CONFIG_DIRS, SYSTEM_CONFIG_DIRS
     from IPython.paths import get_ipython_dir
     from traitlets.config.loader import Config
@@ -121,8 +126,8 @@ def init_profile(ip):
     "Run what the profile asks for before the first cell: GUI/matplotlib, extensions, startup files, exec_lines, exec_files, -c/-m code."
     pd = state["profile_dir"]
     if pd is not None and ip.profile_dir.location != pd.location: ip.profile_dir = pd
-    App = kernel_app()
-    app = App(config=drop_bad(ip.config), shell=ip)  # now IPKernelApp exists, its bad settings can be found too
+    try: app = kernel_app()(config=drop_bad(ip.config), shell=ip)  # now IPKernelApp exists, its bad settings can be found too
+    except Exception: return log.exception("could not read InteractiveShellApp settings; no startup files or extensions run")
     app.log,app.profile_dir,app.ipython_dir,app.extra_args = log,ip.profile_dir,ip.ipython_dir,[]
     ip.configurables.append(app)  # `%config IPKernelApp` works, as in ipykernel
     ip._showtraceback = lambda etype, evalue, stb: log.error("%s", plain(stb))  # no cell to show it in: the kernel's stderr
