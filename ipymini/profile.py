@@ -103,6 +103,10 @@ def read_config():
         cfg.HistoryManager.hist_file = os.path.join(pd.location, "history.sqlite")  # the shell would open the default profile's
     return cfg
 
+def profile_dir():
+    "The ProfileDir `load_config` chose: for `MiniShell.instance(profile_dir=...)`, so the shell never opens the default profile."
+    return state["profile_dir"]
+
 def kernel_app():
     "IPython's InteractiveShellApp under ipykernel's app name, so `InteractiveShellApp.*` and `IPKernelApp.*` settings both apply."
     from IPython.core.shellapp import InteractiveShellApp
