@@ -1,5 +1,5 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import asyncio, importlib.util, logging, os, platform, signal, sys, threading, time
+import importlib.util, logging, os, platform, signal, sys, threading, time
 from collections import deque
 from contextlib import contextmanager
 import zmq
@@ -124,8 +124,7 @@ class Kernel:
         self.log_stream = sys.stderr
         from .capture import Channels
         self.ch = Channels(self.raw_pub)
-        from .subshell import SubshellManager
-        self.subs = SubshellManager(self)
+        self.subs = None  # made once the sockets are up: the first kernel_info must not wait for asyncio and IPython
         self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
         self.control_handlers = {o: getattr(self, o) for o in control_msgs}
         self.waiting,self.debugger,self.bridge = {},None,None
@@ -176,6 +175,7 @@ class Kernel:
     def on_shell(self, sock, frames):
         if (req := self.recv(sock, frames, "shell")) is None: return
         if req.msg_type not in executed: return self.run_sync(self.shell_handlers, req)
+        self.ready.wait()
         sid = req.msg["header"].get("subshell_id")
         req.sub = self.subs.get(sid)
         if req.sub is None:
@@ -241,7 +241,7 @@ class Kernel:
         with self.busy(req.msg):
             if self.missing(req): return
             res = handlers[req.msg_type](req)
-            if asyncio.iscoroutine(res): await res
+            if hasattr(res, "__await__"): await res
 
     def err(self, evalue, ename="Error"): return dict(status="error", ename=ename, evalue=evalue, traceback=[])
 
@@ -339,9 +339,10 @@ class Kernel:
 
     def usage_request(self, req): req.reply(usage())
 
-    def create_subshell_request(self, req): req.reply(status="ok", subshell_id=self.subs.create())
-    def list_subshell_request(self, req):   req.reply(status="ok", subshell_id=list(self.subs.subs))
+    def create_subshell_request(self, req): self.wait_ready(); req.reply(status="ok", subshell_id=self.subs.create())
+    def list_subshell_request(self, req):   self.wait_ready(); req.reply(status="ok", subshell_id=list(self.subs.subs))
     def delete_subshell_request(self, req):
+        self.wait_ready()
         sid = req.c["subshell_id"]
         req.reply(dict(status="ok") if self.subs.delete(sid) else self.err(f"no subshell {sid!r}", "ValueError"))
 
@@ -363,6 +364,7 @@ class Kernel:
 
     def interrupt(self):
         "Interrupt the parent subshell by SIGINT (so it lands in user code), the others by async exception; end input() waits."
+        if self.subs is None: return
         for mid,(_,_,t) in list(self.waiting.items()):
             if t is not threading.main_thread(): self.answer(mid, KeyboardInterrupt)
         for s in self.subs.subs.values(): s.interrupt()
@@ -385,7 +387,7 @@ class Kernel:
         "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."
         if self.stopping.is_set(): return
         self.stopping.set()
-        for s in self.subs.all(): s.stop()
+        for s in self.subs.all() if self.subs else (): s.stop()
         t = threading.Timer(5, lambda: os._exit(0))  # a cell that ignores interrupts must not keep the process alive
         t.daemon = True
         t.start()
@@ -399,12 +401,15 @@ class Kernel:
         signal.signal(signal.SIGINT, self.on_sigint)
         signal.signal(signal.SIGTERM, lambda *a: self.stop())
         signal.signal(signal.SIGUSR1, self.dump_stacks)
+        from .subshell import SubshellManager
+        self.subs = SubshellManager(self)
         self.bridge = KernelBridge(self.ask, kernel=self)
         self.ch.install(self.bridge.ip, capture_fds=os.environ.get("IPYMINI_CAPTURE_FDS", "1") != "0")
         self.comm_manager = comms.install(self)
         from .profile import init_profile
         init_profile(self.bridge.ip)
         self.ready.set()
+        if self.stopping.is_set(): self.subs.parent.stop()  # a shutdown that came while we were starting
         watch_parent(self)
         self.subs.parent.run()
         self.finish()
