@@ -1,5 +1,5 @@
 "Benchmark ipymini against ipykernel (A B A B, a fresh kernel each round) and a bare Python+ZMQ floor; print medians and targets."
-# usage: python tools/bench.py [--quick] [--rounds N] [--kernel ipymini] [--vs python3] [--json PATH]
+# usage: python tools/bench.py [--quick] [--rounds N] [--kernel ipymini] [--vs python3] [--json PATH] [--src DIR]
 # One raw pyzmq client with a small hmac signer drives every kernel, so the kernel is what gets measured, not jupyter_client.
 import argparse, hashlib, hmac, json, os, signal, statistics, subprocess, sys, tempfile, time, traceback, uuid
 from collections import Counter
@@ -135,14 +135,16 @@ def rss(pid): return psutil.Process(pid).memory_info().rss / 2**20
 
 class Kernel:
     "A kernel started by jupyter_client's KernelManager and driven by our Client."
-    def __init__(self, name, logdir): self.name,self.logdir,self.km,self.c,self.log = name,logdir,None,None,None
+    def __init__(self, name, logdir, src=None): self.name,self.logdir,self.src,self.km,self.c,self.log = name,logdir,src,None,None,None
 
     def start(self) -> dict:
         "Start; time `start_kernel()` to the first kernel_info_reply and to the first execute_reply; RSS once ready."
         self.km = KernelManager(kernel_name=self.name)
         self.log = open(Path(self.logdir)/f"{self.name}.log", "a")
         t0 = clock()
-        self.km.start_kernel(stdout=self.log, stderr=self.log)
+        env = dict(os.environ)
+        if self.src: env["PYTHONPATH"] = os.pathsep.join([self.src] + [p for p in [env.get("PYTHONPATH")] if p])
+        self.km.start_kernel(stdout=self.log, stderr=self.log, env=env, cwd=self.logdir)  # cwd: no package dir shadows the kernel's own
         self.c = c = Client(self.km.get_connection_info())
         r = c.wait([c.send("shell", "kernel_info_request", reply=True, idle=False)], 60)
         x = c.wait([c.execute("pass", idle=False)], 60)
@@ -222,11 +224,11 @@ def m_complete(k, n):
     return res
 
 def m_interrupt(k, n):
-    "SIGINT through `km.interrupt_kernel()` while a cell runs: time to its error reply; every interrupt must be answered."
+    "SIGINT through `km.interrupt_kernel()` while a cell runs: time to its error reply (`n` timed after one warm-up); all answered?"
     c,res = k.c,dict(int_loop=[], int_sleep=[], int_tried=0, int_answered=0)
     c.run("import time")
     for key,code in (("int_loop", "while True: pass"), ("int_sleep", "time.sleep(100)")):
-        for _ in range(n):
+        for i in range(n + 1):  # the first is not timed: it loads what formatting a traceback needs (pygments lexers, stack_data)
             r = c.execute(code)
             c.wait([r], 30, until=lambda: "execute_input" in r.seen)
             c.sleep(0.3)
@@ -242,7 +244,7 @@ def m_interrupt(k, n):
             ok = r.status == "error" and r.reply.content.get("ename") == "KeyboardInterrupt"
             if not ok: print(f"  ! {k.name}: interrupt gave {r.status} {r.reply.content.get('ename')}", file=sys.stderr)
             res["int_answered"] += ok
-            res[key].append(r.t_reply - t0)
+            if i: res[key].append(r.t_reply - t0)
             c.wait([r], 10)
     res["int_loop"],res["int_sleep"] = med(res["int_loop"]),med(res["int_sleep"])
     return res
@@ -299,21 +301,21 @@ def m_floor(n):
 
 def bench_kernel(name, a, logdir, live):
     "One fresh kernel through every measure; a measure that fails is reported and skipped, the kernel is always shut down."
-    k = Kernel(name, logdir)
+    k = Kernel(name, logdir, a.src if name == a.kernel else None)
     live.append(k)
     res = {}
     try:
-        res.update(k.start())
-        steps = [(m_execute, a.n_exec), (m_comm, a.n_comm), (m_complete, a.n_complete), (m_flood,), (m_displays,), (m_big_display,),
+        steps = [(k.start,), (m_execute, a.n_exec), (m_comm, a.n_comm), (m_complete, a.n_complete), (m_flood,), (m_displays,), (m_big_display,),
             (m_subshells,), (m_rss_growth,), (m_interrupt, a.n_int)]
         for f,*args in steps:
             t = clock()
-            try: res.update(f(k, *args))
+            try: res.update(f(*args) if f == k.start else f(k, *args))
             except Exception as e:
                 print(f"  ! {name}: {f.__name__} failed: {e!r}", file=sys.stderr)
+                if f == k.start: break
                 if a.verbose:
                     traceback.print_exc()
-                    if isinstance(e, TimeoutError): subprocess.run([Path(sys.executable).with_name("py-spy"), "dump", "-p", str(k.pid)])
+                    if isinstance(e, TimeoutError) and k.km: subprocess.run([Path(sys.executable).with_name("py-spy"), "dump", "-p", str(k.km.provisioner.pid)])
             if a.verbose: print(f"  {name} {f.__name__}: {clock()-t:.1f}s", file=sys.stderr)
     finally:
         k.stop()
@@ -379,11 +381,12 @@ def main():
     p.add_argument("--rounds", type=int, help="rounds of A B (default 5, or 1 with --quick)")
     p.add_argument("--kernel", default="ipymini")
     p.add_argument("--vs", default="python3")
+    p.add_argument("--src", help="run --kernel from this source tree (say a `git archive` snapshot): put first on its PYTHONPATH")
     p.add_argument("--json", help="save every round's raw numbers here")
     p.add_argument("-v", "--verbose", action="store_true", help="time each measure and print tracebacks")
     a = p.parse_args()
     a.rounds = a.rounds or (1 if a.quick else 5)
-    a.n_exec,a.n_comm,a.n_complete,a.n_int = (300, 500, 50, 2) if a.quick else (300, 500, 200, 3)
+    a.n_exec,a.n_comm,a.n_complete,a.n_int = (300, 500, 50, 2) if a.quick else (300, 500, 200, 4)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so `finally` shuts every kernel down
     live,rounds,t0 = [],[],clock()
     logdir = tempfile.mkdtemp(prefix="ipymini-bench-")
