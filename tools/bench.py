@@ -77,7 +77,9 @@ class Client:
     def handle(self, chan, frames, t):
         i = frames.index(DELIM)
         sig,parts = frames[i+1],frames[i+2:i+6]
-        if self.auth is not None and not hmac.compare_digest(sig, self.sign(parts)): self.bad += 1; return
+        if self.auth is not None and not hmac.compare_digest(sig, self.sign(parts)):
+            self.bad += 1
+            return print(f"  ! bad signature on a {chan} message", file=sys.stderr)
         m = Msg(chan, parts, t)
         if chan == "iopub": self.last_iopub = t
         if (r := self.reqs.get(m.pid)) is None: return
@@ -347,7 +349,8 @@ def table(rounds, A, B):
     row("execute `pass` p50 (reply+idle)", "exec_p50", ms, 0.5)
     row("execute `pass` p99", "exec_p99", ms, 0.7)
     fb = med([r["floor"].get("floor_busy_p50") for r in rounds if "floor" in r])
-    if fb: row("execute `pass` p50 / floor with busy/idle", None, lambda v: f"{v:.2f}×", 1.5, "abs", ma("exec_p50")/fb, mb_("exec_p50")/fb)
+    per = lambda v: v/fb if v is not None and fb else None
+    row("execute `pass` p50 / floor with busy/idle", None, lambda v: f"{v:.2f}×", 1.5, "abs", per(ma("exec_p50")), per(mb_("exec_p50")))
     row("stream flood 200k lines: time to idle", "flood_s", sec, 1.0)
     row("stream flood: stream messages", "flood_msgs", num, 50, "abs")
     lost = lambda who: max([x for x in col(who, "flood_lost") + col(who, "flood_dup") if x is not None], default=None)
