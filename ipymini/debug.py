@@ -43,6 +43,19 @@ def kernel_rules() -> list:
         + [dict(module=m, include=False) for m in kernel_mods])
 
 def args(c) -> dict: return c.get("arguments") or {}
+
+# argument types checked before a request reaches pydevd: some malformed ones stop its command thread for good
+arg_types = dict(threadId=int, frameId=int, variablesReference=int, expression=str, source=dict, breakpoints=list, filters=list, value=str)
+needed = dict(setBreakpoints="source", stackTrace="threadId", scopes="frameId", variables="variablesReference", evaluate="expression",
+    next="threadId", stepIn="threadId", stepOut="threadId", pause="threadId", setExpression="expression value", setVariable="variablesReference")
+
+def bad_args(c):
+    "Why request `c`'s arguments cannot go to pydevd, or None."
+    a = args(c)
+    if (miss := [k for k in needed.get(c["command"], "").split() if k not in a]): return f"{c['command']} needs {', '.join(miss)}"
+    if (wrong := [k for k,t in arg_types.items() if k in a and (not isinstance(a[k], t) or isinstance(a[k], bool))]): return f"bad type for {', '.join(wrong)}"
+    if not isinstance(a.get("source", {}).get("path", ""), str): return "source.path must be a string"
+    if not all(isinstance(b, dict) and isinstance(b.get("line"), int) for b in a.get("breakpoints", [])): return "each breakpoint needs an int line"
 def shown(name) -> bool: return name not in hidden and not re.match(r"_i{1,3}$|_i?\d+$", name)
 
 def response(c, success=True, message=None, **body) -> dict:
@@ -58,6 +71,11 @@ def hide(t:threading.Thread):
     "Mark `t` as the debugger's or the kernel's own: pydevd neither traces nor suspends it, and lists no such thread."
     t.pydev_do_not_trace = t.is_pydev_daemon_thread = True
     return t
+
+def hide_kernel_threads():
+    "The kernel's own threads must never be suspended (control has to answer while a cell is stopped); subshells run user code."
+    for t in threading.enumerate():
+        if t.name.startswith("ipymini-") and not t.name.startswith("ipymini-sub-") or t.name == "IPythonHistorySavingThread": hide(t)
 
 def read_frame(f):
     "One `Content-Length`-framed DAP message from file `f`, or None at EOF."
@@ -150,6 +168,7 @@ class Debugger:
 
     def forward(self, c) -> dict:
         if not self.started: return fail(c, "the debugger is not started: send `initialize` first")
+        if (why := bad_args(c)) is not None: return fail(c, why)
         return self.link.request(c)
 
     def publish(self, ev):
@@ -172,10 +191,20 @@ class Debugger:
     # --- session
     def connect(self):
         "Start pydevd listening on localhost, in process (no adapter subprocess), and connect to it."
-        for t in threading.enumerate():  # the kernel's socket threads must never be suspended: control has to answer while stopped
-            if t.name.startswith("ipymini-") and not t.name.startswith("ipymini-sub-") or t.name == "IPythonHistorySavingThread": hide(t)
+        hide_kernel_threads()
         debugpy = load_debugpy()
         self.link = Link(debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True), self.on_event)
+        self.kernel.bridge.ip.events.register("pre_execute", self.retrace)
+
+    def retrace(self):
+        "Before each cell, trace the thread that runs it: tracing set from another thread is not reliable, and an interrupt that lands in pydevd (a cell stopped at a breakpoint) ends it."
+        if not self.started: return
+        hide_kernel_threads()  # and any the kernel started since
+        from _pydevd_bundle.pydevd_constants import get_global_debugger
+        from _pydevd_bundle.pydevd_thread_lifecycle import resume_threads
+        if (db := get_global_debugger()) is None: return
+        if sys.gettrace() is None: resume_threads("*")  # the interrupted stop left threads marked suspended; the interrupt ended it
+        db.enable_tracing()
 
     def initialize(self, c):
         if self.link is None: self.connect()
@@ -200,7 +229,10 @@ class Debugger:
 
     def continue_(self, c):
         "Forwarded; with nothing stopped pydevd would answer only once something resumes, so answer here."
-        return self.forward(c) if self.stopped else response(c, allThreadsContinued=True)
+        if not self.stopped: return response(c, allThreadsContinued=True)
+        rep = self.forward(c)
+        if (rep.get("body") or {}).get("allThreadsContinued"): self.stopped = set()  # the continued event may still be on its way
+        return rep
 
     def disconnect(self, c):
         "End the session: pydevd drops breakpoints and resumes every thread, but stays loaded for the next `initialize`."
