@@ -5,14 +5,15 @@ from IPython.core import page
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
 from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
 try: from IPython.core.completer import provisionalcompleter, rectify_completions
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
-from .capture import PARENT, Hook, Publisher
+from .capture import PARENT, SUB
 from .debug import CellCompiler
 
-SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
 
@@ -32,6 +33,28 @@ class Result:
     "What one execute did: reply `status`, the `count` it ran as, the `error` fields, the `payload` and `user_expressions`."
     def __init__(self, status, count, error=None, payload=(), user_expressions=None):
         self.status,self.count,self.error,self.payload,self.user_expressions = status,count,error,list(payload),user_expressions or {}
+
+class Publisher(DisplayPublisher):
+    "IPython's display publisher, sending `display_data`, `update_display_data` and `clear_output`."
+    def __init__(self, shell=None, *args, **kw):
+        super().__init__(shell=shell, *args, **kw)
+        self.send = None  # set by install(): (msg_type, content, buffers) -> None
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, buffers=None, **kw):
+        self.send("update_display_data" if update else "display_data",
+            dict(data=data, metadata=metadata or {}, transient=transient or {}), buffers)
+
+    def clear_output(self, wait=False): self.send("clear_output", dict(wait=wait), None)
+
+class Hook(DisplayHook):
+    "IPython's displayhook, sending `execute_result` with the execution count."
+    send = None
+    def start_displayhook(self): self.data,self.md = {},{}
+    def write_output_prompt(self): pass
+    def write_format_data(self, format_dict, md_dict=None): self.data,self.md = format_dict,md_dict or {}
+    def finish_displayhook(self):
+        if self.data: self.send("execute_result", dict(data=self.data, metadata=self.md, execution_count=self.prompt_count), None)
+        self.data = {}
 
 class MiniShell(InteractiveShell):
     "An InteractiveShell that publishes through the kernel and keeps one execution count per subshell."

@@ -1,11 +1,9 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, the display publisher and hook, and input()."
 import codecs, io, os, re, select, sys, threading
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from IPython.core.displayhook import DisplayHook
-from IPython.core.displaypub import DisplayPublisher
 
-PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
+PARENT = ContextVar("ipymini_parent", default=None)
+SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell  # the request whose outputs the running code produces
 main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
@@ -99,28 +97,6 @@ class FdCapture:
         "Forward everything already written, so a cell's `os.system` output is in before its idle."
         while select.select([self.r], [], [], 0)[0] and self.read(): pass
 
-class Publisher(DisplayPublisher):
-    "IPython's display publisher, sending `display_data`, `update_display_data` and `clear_output`."
-    def __init__(self, shell=None, *args, **kw):
-        super().__init__(shell=shell, *args, **kw)
-        self.send = None  # set by install(): (msg_type, content, buffers) -> None
-
-    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, buffers=None, **kw):
-        self.send("update_display_data" if update else "display_data",
-            dict(data=data, metadata=metadata or {}, transient=transient or {}), buffers)
-
-    def clear_output(self, wait=False): self.send("clear_output", dict(wait=wait), None)
-
-class Hook(DisplayHook):
-    "IPython's displayhook, sending `execute_result` with the execution count."
-    send = None
-    def start_displayhook(self): self.data,self.md = {},{}
-    def write_output_prompt(self): pass
-    def write_format_data(self, format_dict, md_dict=None): self.data,self.md = format_dict,md_dict or {}
-    def finish_displayhook(self):
-        if self.data: self.send("execute_result", dict(data=self.data, metadata=self.md, execution_count=self.prompt_count), None)
-        self.data = {}
-
 class Channels:
     "Output's way out: `raw(msg_type, content, parent, buffers, metadata)` queues a message for IOPub."
     def __init__(self, raw):
@@ -160,6 +136,7 @@ def run_as(parent, fn, *args, **kw):
 
 def patch_threads():
     "Threads remember the request they were started under, and pool work the one it was submitted under, so output goes to that cell."
+    from concurrent.futures import ThreadPoolExecutor
     if getattr(threading.Thread.start, "ipymini", False): return
     start,submit = threading.Thread.start,ThreadPoolExecutor.submit
     def start_(self, *a, **kw):

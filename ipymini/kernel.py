@@ -220,7 +220,7 @@ class Kernel:
         "Outputs from here on belong to `req`."
         from .capture import PARENT, main_parent
         PARENT.set(req.msg)
-        if req.sub is self.subs.parent: main_parent[0] = req.msg
+        if req.sub is not None and req.sub is self.subs.parent: main_parent[0] = req.msg
 
     def missing(self, req):
         "Answer a request that lacks a required field with an error; comm messages have no reply, so they get a log line."

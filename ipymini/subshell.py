@@ -1,6 +1,6 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, threading, uuid
-from .bridge import SUB
+from .capture import SUB
 
 log = logging.getLogger("ipymini")
 STOP = object()
