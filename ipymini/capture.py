@@ -97,6 +97,9 @@ class FdCapture:
         "Forward everything already written, so a cell's `os.system` output is in before its idle."
         while select.select([self.r], [], [], 0)[0] and self.read(): pass
 
+# messages whose order against fd-level output does not matter: skip the two select() calls a drain costs
+undrained = {"execute_input", "comm_open", "comm_msg", "comm_close", "debug_event", "iopub_welcome", "shutdown_reply"}
+
 class Channels:
     "Output's way out: `raw(msg_type, content, parent, buffers, metadata)` queues a message for IOPub."
     def __init__(self, raw):
@@ -107,7 +110,8 @@ class Channels:
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         parent = parent or current_parent()
-        for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
+        if msg_type not in undrained and content.get("execution_state") != "busy":
+            for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
         with self.out.lock:
             self.out.flush()
             self.raw(msg_type, content, parent, buffers, metadata)

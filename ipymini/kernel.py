@@ -372,8 +372,10 @@ class Kernel:
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle kernel ignores it."
+        __tracebackhide__ = True  # IPython leaves this frame out of the KeyboardInterrupt traceback the user sees
         for s in self.subs.subs.values(): s.interrupt()
-        self.subs.parent.interrupt(raise_here=True)
+        if self.subs.parent.interrupt(): return
+        if self.subs.parent.running: raise KeyboardInterrupt
 
     def dump_stacks(self, sig=None, frame=None):
         "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."

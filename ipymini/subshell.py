@@ -58,13 +58,12 @@ class Subshell:
         try: fut.set_exception(KeyboardInterrupt())
         except (AttributeError, RuntimeError, asyncio.InvalidStateError): t.cancel()
 
-    def interrupt(self, raise_here=False) -> bool:
-        "Interrupt user code if it is running: thrown at its `await`, else raised in its thread. True if it was."
-        if not self.running: return False
+    def interrupt(self) -> bool:
+        "Interrupt running user code: thrown at its `await`, else raised in its thread; False where the caller must raise it."
+        if not self.running: return True
         if self.sel.waiting: self.loop.call_soon_threadsafe(self.throw)
-        elif raise_here: raise KeyboardInterrupt
-        elif self.thread is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
+        elif self.thread is None: return False  # the main thread: SIGINT's handler raises it there
+        else: ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
         return True
 
 class SubshellManager:
