@@ -56,6 +56,15 @@ class Hook(DisplayHook):
         if self.data: self.send("execute_result", dict(data=self.data, metadata=self.md, execution_count=self.prompt_count), None)
         self.data = {}
 
+def cut_kernel_frames(tb):
+    "Drop the trailing frames of `tb` that are ipymini's own (tracebacks are linked lists with a writable `tb_next`)."
+    here,prev = os.path.dirname(os.path.abspath(__file__)),None
+    while tb is not None:
+        if prev is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == here:
+            prev.tb_next = None
+            return
+        prev,tb = tb,tb.tb_next
+
 class MiniShell(InteractiveShell):
     "An InteractiveShell that publishes through the kernel and keeps one execution count per subshell."
     kernel = Any(None)
@@ -92,6 +101,12 @@ class MiniShell(InteractiveShell):
 
     def set_next_input(self, text, replace=False):
         self.payload_manager.write_payload(dict(source="set_next_input", text=text, replace=replace))  # single: the last one wins
+
+    def showtraceback(self, exc_tuple=None, *args, **kw):
+        "A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler that raised it."
+        etype,_,tb = exc_tuple or sys.exc_info()
+        if etype is KeyboardInterrupt: cut_kernel_frames(tb)
+        return super().showtraceback(exc_tuple, *args, **kw)
 
     def _showtraceback(self, etype, evalue, stb):
         self.last_tb = stb

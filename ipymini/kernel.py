@@ -27,10 +27,11 @@ class Req:
     "A request as handlers see it: the message, where it came from, and how to answer it."
     def __init__(self, kernel, sock, idents, msg, sub=None):
         self.kernel,self.sock,self.idents,self.msg,self.sub = kernel,sock,idents,msg,sub
-        self.msg_type,self.c,self.arrived = msg["header"]["msg_type"],msg["content"],time.monotonic()
+        self.msg_type,self.c,self.arrived,self.replied = msg["header"]["msg_type"],msg["content"],time.monotonic(),False
 
     def reply(self, content=None, metadata=None, **kw):
         "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far."
+        self.replied = True
         self.kernel.ch.flush()
         self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
 
@@ -206,7 +207,9 @@ class Kernel:
                 with self.busy(req.msg): req.reply(self.err(f"unknown message type {req.msg_type!r}", "UnknownMessageType"))
             return
         try: self.dispatch_sync(handlers, req)
-        except Exception: log.exception("error handling %s", req.msg_type)
+        except Exception as e:
+            log.exception("error handling %s", req.msg_type)
+            self.unanswered(req, e)
 
     # --- dispatch
     @contextmanager
@@ -292,10 +295,11 @@ class Kernel:
         sub.running = True
         try: res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
             user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt: res = None  # it landed in IPython's bookkeeping, not in the cell
+        finally: sub.running = False
+        if res is None:
             res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=[]))
             self.ch.pub("error", res.error)
-        finally: sub.running = False
         # stop_on_error: abort what arrived before this reply, never what the client sends after seeing it
         if res.status == "error" and c.get("stop_on_error", True): sub.abort_before = time.monotonic()
         req.reply(self.exec_reply(res), metadata=dict(started=started, dependencies_met=True, engine=self.session.sid, status=res.status))
@@ -306,6 +310,12 @@ class Kernel:
         base = dict(status=res.status, execution_count=res.count)
         if res.status == "error": return {**base, **res.error, "user_expressions": {}, "payload": res.payload}
         return {**base, "user_expressions": res.user_expressions, "payload": res.payload}
+
+    def unanswered(self, req, exc=None):
+        "A request whose handler died (an interrupt landing in kernel code, a bug) still gets an error reply: clients never hang."
+        if req.replied or not req.msg_type.endswith("_request"): return
+        ename = type(exc).__name__ if exc else "KernelError"
+        req.reply(status="error", ename=ename, evalue=str(exc or "the request was not completed"), traceback=[])
 
     def abort(self, req):
         "An `aborted` execute reply, with busy/idle around it; no execution_count (JupyterLab would show it)."
@@ -372,7 +382,6 @@ class Kernel:
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle kernel ignores it."
-        __tracebackhide__ = True  # IPython leaves this frame out of the KeyboardInterrupt traceback the user sees
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
         if self.subs.parent.running: raise KeyboardInterrupt

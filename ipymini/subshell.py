@@ -35,7 +35,9 @@ class Subshell:
                 else:
                     self.task = asyncio.ensure_future(self.kernel.dispatch(self.kernel.shell_handlers, req))
                     await self.task
-            except BaseException: log.exception("error serving %s", req.msg_type)
+            except BaseException as e:
+                if not isinstance(e, KeyboardInterrupt): log.exception("error serving %s", req.msg_type)
+                self.kernel.unanswered(req, e)
             finally: self.task = None
 
     def run(self):
