@@ -1,9 +1,10 @@
 """CLI: `python -m ipymini -f CONN [--debug] [--profile=NAME] [--Class.trait=value ...]` runs the kernel;
 `python -m ipymini install [--user|--sys-prefix|--prefix P]` writes the kernelspec."""
-import argparse, json, logging, os, shutil, sys, tempfile
+import json, logging, os, sys
 
 def install(args):
     "Write the kernelspec, with argv naming this interpreter, where jupyter looks for it."
+    import shutil, tempfile
     from jupyter_client.kernelspec import KernelSpecManager
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "share", "jupyter", "kernels", "ipymini")
     with tempfile.TemporaryDirectory() as d:
@@ -37,6 +38,7 @@ def run(conn_file, debug=False):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["install"]:
+        import argparse
         p = argparse.ArgumentParser(prog="python -m ipymini install")
         p.add_argument("--user", action="store_true")
         p.add_argument("--sys-prefix", action="store_true")
@@ -44,12 +46,21 @@ def main(argv=None):
         p.add_argument("--name", default="ipymini")
         p.add_argument("--display-name", default="Python 3 (ipymini)")
         return install(p.parse_args(argv[1:]))
-    p = argparse.ArgumentParser(prog="python -m ipymini", allow_abbrev=False)
-    p.add_argument("-f", "--connection-file", required=True)
-    p.add_argument("--debug", action="store_true")
-    a,rest = p.parse_known_args(argv)
+    conn,debug,rest = parse_run(argv)
+    if conn is None: sys.exit("usage: python -m ipymini -f CONNECTION_FILE [--debug] [IPython options]\n"
+        "       python -m ipymini install [--user|--sys-prefix|--prefix P] [--name N] [--display-name D]")
     from . import profile
     profile.argv = rest  # IPython's options (--profile, --ext, --InteractiveShell.xmode=..., ...), read when the shell is built
-    run(a.connection_file, a.debug or os.environ.get("IPYMINI_DEBUG", "") not in ("", "0"))
+    run(conn, debug or os.environ.get("IPYMINI_DEBUG", "") not in ("", "0"))
+
+def parse_run(argv) -> tuple:
+    "`(connection file, debug, other args)`; by hand, since argparse costs milliseconds before the first reply."
+    conn,debug,rest,it = None,False,[],iter(argv)
+    for a in it:
+        if a in ("-f", "--connection-file", "--f"): conn = next(it, None)
+        elif a.startswith(("-f=", "--f=", "--connection-file=")): conn = a.split("=", 1)[1]
+        elif a == "--debug": debug = True
+        else: rest.append(a)
+    return conn,debug,rest
 
 if __name__ == "__main__": main()

@@ -1,5 +1,5 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import importlib.util, logging, os, platform, signal, sys, threading, time
+import logging, os, signal, sys, threading, time
 from collections import deque
 from contextlib import contextmanager
 import zmq
@@ -324,12 +324,14 @@ class Kernel:
     # --- control handlers
     def kernel_info(self):
         return dict(status="ok", protocol_version="5.5", implementation="ipymini", implementation_version=__version__,
-            language_info=dict(name="python", version=platform.python_version(), mimetype="text/x-python", file_extension=".py",
+            language_info=dict(name="python", version="%d.%d.%d" % sys.version_info[:3], mimetype="text/x-python", file_extension=".py",
                 pygments_lexer="ipython3", codemirror_mode=dict(name="ipython", version=3), nbconvert_exporter="python"),
             banner=banner(), help_links=help_links, debugger=self.debug_ok(),
             supported_features=["kernel subshells"] + (["debugger"] if self.debug_ok() else []))
 
-    def debug_ok(self): return importlib.util.find_spec("debugpy") is not None  # found, not imported: debugpy loads on first use
+    def debug_ok(self):
+        import importlib.util
+        return importlib.util.find_spec("debugpy") is not None  # found, not imported: debugpy loads on first use
 
     def shutdown_request(self, req):
         restart = bool(req.c.get("restart", False))

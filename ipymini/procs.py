@@ -1,5 +1,5 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
-import logging, os, select, signal, socket, sys, threading, time
+import logging, os, signal, sys, threading, time
 
 log = logging.getLogger("ipymini")
 
@@ -22,6 +22,7 @@ def ipython_version() -> str:
 
 def usage() -> dict:
     "What ipykernel's `usage_reply` carries: kernel CPU and memory (with psutil), host CPU count and memory."
+    import socket
     res = dict(hostname=socket.gethostname(), pid=os.getpid())
     try: import psutil
     except ImportError: return dict(res, cpu_count=os.cpu_count())
@@ -82,6 +83,7 @@ def watch_parent(kernel):
     except ValueError: return
     if ppid <= 1: return
     def wait():
+        import select
         try:
             fd = os.pidfd_open(ppid)
             select.select([fd], [], [])

@@ -1,5 +1,5 @@
 "The Jupyter wire format: sign, pack and unpack messages, as `jupyter_client.session.Session` does, without its import cost."
-import hashlib, hmac, itertools, json, math, os, uuid
+import hashlib, hmac, itertools, json, math, os
 from collections import deque
 from datetime import datetime, timezone
 from binascii import b2a_base64
@@ -34,7 +34,8 @@ class Session:
     "Signs and verifies messages with the connection key; remembers signatures to reject replays."
     def __init__(self, key:bytes=b"", scheme:str="hmac-sha256", username:str=None):
         self.auth = hmac.new(key, digestmod=getattr(hashlib, scheme.split("-", 1)[1])) if key else None
-        self.sid,self.pid,self.counter = str(uuid.uuid4()),os.getpid(),itertools.count()
+        h = os.urandom(16).hex()
+        self.sid,self.pid,self.counter = f"{h[:8]}-{h[8:]}",os.getpid(),itertools.count()  # jupyter_client's id shape, no uuid import
         self.username = username or os.environ.get("USER", "username")
         self.seen,self.order = set(),deque()
 
