@@ -98,7 +98,8 @@ class FdCapture:
         while select.select([self.r], [], [], 0)[0] and self.read(): pass
 
 # messages whose order against fd-level output does not matter: skip the two select() calls a drain costs
-undrained = {"execute_input", "comm_open", "comm_msg", "comm_close", "debug_event", "iopub_welcome", "shutdown_reply"}
+undrained = {"execute_input", "comm_open", "comm_msg", "comm_close", "debug_event", "iopub_welcome", "shutdown_reply",
+    "display_data", "update_display_data", "clear_output"}  # displays race fd output as in ipykernel; results, errors, idle do not
 
 class Channels:
     "Output's way out: `raw(msg_type, content, parent, buffers, metadata)` queues a message for IOPub."

@@ -49,13 +49,15 @@ class Outbox:
             os.write(self.w, b"!")
 
     def take(self):
-        "Everything queued so far. The wake-up bytes are read before the flag is reset, so a put after the reset always writes one."
+        "Yield what is queued until the queue stays empty; the flag is reset only before a last look, so no put is missed."
+        # while the owner works through the queue, puts skip the pipe write (and the GIL hand-off it costs per message)
         try: os.read(self.r, 4096)
         except BlockingIOError: pass
-        self.signalled = False
-        items = []
-        while self.q: items.append(self.q.popleft())
-        return items
+        while True:
+            while self.q: yield self.q.popleft()
+            self.signalled = False
+            if not self.q: return
+            self.signalled = True
 
 class SockThread(threading.Thread):
     "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."
@@ -64,14 +66,6 @@ class SockThread(threading.Thread):
         self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox()
 
     def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
-    def dump_stacks(self, sig=None, frame=None):
-        "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
-        import traceback
-        names = {t.ident: t.name for t in threading.enumerate()}
-        out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
-        for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
-        print("\n".join(out), file=self.log_stream, flush=True)
-
     def stop(self): self.outbox.put(None)
 
     def run(self):
@@ -110,9 +104,12 @@ class IOPub(SockThread):
         msg = self.kernel.session.msg(msg_type, content, parent, metadata)
         if buffers: msg["buffers"] = buffers
         frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        for _ in range(100):  # wait up to 10 s for a slow subscriber, then say what was lost
+        end = time.monotonic() + 60
+        while True:
             try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again: self.sock.poll(100, zmq.POLLOUT)
+            except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, for a minute at most
+                if time.monotonic() > end: break
+                if self.sock.poll(50, zmq.POLLOUT): time.sleep(0.001)  # POLLOUT can say ready before there is room
         print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)
 
 class Kernel:
