@@ -37,12 +37,13 @@ class Req:
 
 class Outbox:
     "Items any thread queues for the one thread that owns a socket; a pipe in that thread's poller wakes it."
-    def __init__(self):
-        self.q,self.signalled = deque(),False
+    def __init__(self, most=0):
+        self.q,self.signalled,self.most,self.full,self.room = deque(),False,most,False,threading.Condition()
         self.r,self.w = os.pipe()
         os.set_blocking(self.r, False)
 
     def put(self, item):
+        if self.most and len(self.q) >= self.most: self.wait_for_room()
         self.q.append(item)
         if not self.signalled:
             self.signalled = True
@@ -54,16 +55,29 @@ class Outbox:
         try: os.read(self.r, 4096)
         except BlockingIOError: pass
         while True:
-            while self.q: yield self.q.popleft()
+            while self.q:
+                yield self.q.popleft()
+                if self.full and len(self.q) < self.most // 2: self.make_room()
             self.signalled = False
             if not self.q: return
             self.signalled = True
 
+    def wait_for_room(self):
+        "Back-pressure: a producer outpacing a slow client waits here (a second at most), so memory stays bounded."
+        with self.room:
+            self.full = True
+            self.room.wait_for(lambda: len(self.q) < self.most, timeout=1)
+
+    def make_room(self):
+        with self.room:
+            self.full = False
+            self.room.notify_all()
+
 class SockThread(threading.Thread):
     "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."
-    def __init__(self, kernel, sock, name, serve=None):
+    def __init__(self, kernel, sock, name, serve=None, most=0):
         super().__init__(daemon=True, name=f"ipymini-{name}")
-        self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox()
+        self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox(most)
 
     def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
     def stop(self): self.outbox.put(None)
@@ -91,10 +105,10 @@ class SockThread(threading.Thread):
 class IOPub(SockThread):
     "Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65)."
     def __init__(self, kernel, sock):
-        super().__init__(kernel, sock, "iopub", self.welcome)
+        super().__init__(kernel, sock, "iopub", self.welcome, most=1000)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # a second subscriber to the same topic is welcomed too
         sock.setsockopt(zmq.XPUB_NODROP, 1)   # a full queue is an error we can see, not a silent drop
-        sock.sndhwm = 100_000
+        sock.sndhwm = 10_000  # with the outbox's 1000, what a slow client can make us hold is bounded
 
     def welcome(self, sock, frames):
         if frames[0][:1] == b"\x01": self.send_frames(("iopub_welcome", dict(subscription=frames[0][1:].decode(errors="replace")), None, None, None))
@@ -104,10 +118,10 @@ class IOPub(SockThread):
         msg = self.kernel.session.msg(msg_type, content, parent, metadata)
         if buffers: msg["buffers"] = buffers
         frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        end = time.monotonic() + 60
+        end = time.monotonic() + 10
         while True:
             try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, for a minute at most
+            except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, 10 s at most
                 if time.monotonic() > end: break
                 if self.sock.poll(50, zmq.POLLOUT): time.sleep(0.001)  # POLLOUT can say ready before there is room
         print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)

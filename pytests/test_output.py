@@ -1,6 +1,6 @@
 "Streams: routing by request (threads, pools, tasks, subshells), coalescing, flush order, fd-level output, floods."
 import os, time, pytest
-from kutils import run, request, types, text, start_kernel, shell_reply, TIMEOUT
+from kutils import run, request, types, text, start_kernel, shell_reply, iopub_until_idle, TIMEOUT
 
 def clean_env():
     "The environment without pytest's marker: ipykernel turns its fd capture off when it sees PYTEST_CURRENT_TEST."
@@ -180,3 +180,14 @@ def test_flood_from_subprocess(kc):
         "subprocess.run([sys.executable, '-c', 'import sys\\nfor i in range(200000): sys.stdout.write(\"%09d\" % i + \"y\"*90 + \"\\\\n\")'])\nNone")
     lines = out.split("\n")[:-1]
     assert len(lines) == 200000 and all(l[:9] == "%09d" % i and len(l) == 99 for i,l in enumerate(lines))
+
+@pytest.mark.slow
+def test_slow_client_loses_nothing(kc):
+    """A client that stops reading while a cell sends 15,000 displays (more than ZMQ's queues hold) still gets every one,
+    then idle: the kernel makes the cell wait instead of dropping. ipykernel's PUB socket drops what overflows, silently."""
+    mid = kc.execute("from IPython.display import display\nfor i in range(15000): display(i)")
+    time.sleep(3)  # the client is busy elsewhere: nothing is read meanwhile
+    outs = iopub_until_idle(kc, mid, timeout=120)
+    got = [int(m["content"]["data"]["text/plain"]) for m in outs if m["msg_type"] == "display_data"]
+    assert got == list(range(15000))
+    assert shell_reply(kc, mid)["content"]["status"] == "ok"
