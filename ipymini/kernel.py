@@ -15,6 +15,7 @@ shell_msgs   = ("execute_request complete_request inspect_request is_complete_re
 control_msgs = ("kernel_info_request shutdown_request interrupt_request debug_request usage_request "
     "create_subshell_request list_subshell_request delete_subshell_request").split()
 executed     = {"execute_request", "comm_open", "comm_msg", "comm_close"}  # run in order on a subshell; the rest answer at once
+early        = {"kernel_info_request", "connect_request", "shutdown_request", "interrupt_request", "usage_request"}  # need no shell
 required     = dict(execute_request="code", complete_request="code", inspect_request="code", is_complete_request="code",
     history_request="hist_access_type", comm_open="comm_id target_name", comm_msg="comm_id", comm_close="comm_id",
     delete_subshell_request="subshell_id")
@@ -217,6 +218,7 @@ class Kernel:
             if req.msg_type.endswith("_request"):
                 with self.busy(req.msg): req.reply(self.err(f"unknown message type {req.msg_type!r}", "UnknownMessageType"))
             return
+        if req.msg_type not in early: self.ready.wait()  # the shell is built while the first kernel_info is answered
         try: self.dispatch_sync(handlers, req)
         except Exception as e:
             log.exception("error handling %s", req.msg_type)
@@ -260,15 +262,13 @@ class Kernel:
     def err(self, evalue, ename="Error"): return dict(status="error", ename=ename, evalue=evalue, traceback=[])
 
     # --- shell handlers
-    def wait_ready(self): self.ready.wait()
-    def complete_request(self, req):    self.wait_ready(); req.reply(self.safe(self.bridge.complete, req.c["code"], req.c.get("cursor_pos")))
-    def inspect_request(self, req):     self.wait_ready(); req.reply(self.safe(self.bridge.inspect, req.c["code"], req.c.get("cursor_pos"), req.c.get("detail_level", 0)))
-    def is_complete_request(self, req): self.wait_ready(); req.reply(self.safe(self.bridge.is_complete, req.c["code"]))
-    def history_request(self, req):     self.wait_ready(); req.reply(self.safe(self.bridge.history, **req.c))
+    def complete_request(self, req):    req.reply(self.safe(self.bridge.complete, req.c["code"], req.c.get("cursor_pos")))
+    def inspect_request(self, req):     req.reply(self.safe(self.bridge.inspect, req.c["code"], req.c.get("cursor_pos"), req.c.get("detail_level", 0)))
+    def is_complete_request(self, req): req.reply(self.safe(self.bridge.is_complete, req.c["code"]))
+    def history_request(self, req):     req.reply(self.safe(self.bridge.history, **req.c))
     def kernel_info_request(self, req): req.reply(self.kernel_info())
     def connect_request(self, req):     req.reply({k: self.conn[k] for k in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")})
     def comm_info_request(self, req):
-        self.wait_ready()
         comms = self.comm_manager.comms.items()
         tn = req.c.get("target_name")
         req.reply(status="ok", comms={k: dict(target_name=c.target_name) for k,c in list(comms) if tn is None or c.target_name == tn})
@@ -362,10 +362,9 @@ class Kernel:
 
     def usage_request(self, req): req.reply(usage())
 
-    def create_subshell_request(self, req): self.wait_ready(); req.reply(status="ok", subshell_id=self.subs.create())
-    def list_subshell_request(self, req):   self.wait_ready(); req.reply(status="ok", subshell_id=list(self.subs.subs))
+    def create_subshell_request(self, req): req.reply(status="ok", subshell_id=self.subs.create())
+    def list_subshell_request(self, req):   req.reply(status="ok", subshell_id=list(self.subs.subs))
     def delete_subshell_request(self, req):
-        self.wait_ready()
         sid = req.c["subshell_id"]
         req.reply(dict(status="ok") if self.subs.delete(sid) else self.err(f"no subshell {sid!r}", "ValueError"))
 
@@ -394,7 +393,8 @@ class Kernel:
         if self.subs.parent.running: os.kill(os.getpid(), signal.SIGINT)  # last: on the main thread it raises at once
 
     def on_sigint(self, sig, frame):
-        "SIGINT: stop the running cell (and any subshell's); an idle kernel ignores it."
+        "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
+        if self.subs is None: return
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
         if self.subs.parent.running: raise KeyboardInterrupt
