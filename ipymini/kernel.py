@@ -419,12 +419,12 @@ class Kernel:
 
     def start(self):
         "Sockets first, so the first kernel_info is answered while IPython loads; then the shell; then serve on this thread."
-        from .bridge import KernelBridge
-        from . import comms
         self.start_sockets()
         signal.signal(signal.SIGINT, self.on_sigint)
         signal.signal(signal.SIGTERM, lambda *a: self.stop())
         signal.signal(signal.SIGUSR1, self.dump_stacks)
+        from . import comms
+        from .bridge import KernelBridge
         from .subshell import SubshellManager
         self.subs = SubshellManager(self)
         self.bridge = KernelBridge(self.ask, kernel=self)
