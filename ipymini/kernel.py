@@ -130,6 +130,9 @@ class IOPub(SockThread):
 class Kernel:
     "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type."
     def __init__(self, conn:dict):
+        # threads made from here to the loop's start (ours, zmq's, IPython's) block SIGINT and SIGTERM, so a signal sent to
+        # the process is taken by the main thread, where it interrupts whatever the main thread is blocked in
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         self.conn,self.stopping,self.ready = conn,threading.Event(),threading.Event()
         self.session = Session(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
         if not conn.get("key"): log.warning("connection file has no key: messages are not signed")
@@ -390,7 +393,8 @@ class Kernel:
         for mid,(_,_,t) in list(self.waiting.items()):
             if t is not threading.main_thread(): self.answer(mid, KeyboardInterrupt)
         for s in self.subs.subs.values(): s.interrupt()
-        if self.subs.parent.running: os.kill(os.getpid(), signal.SIGINT)  # last: on the main thread it raises at once
+        # to the main thread itself, so a wait it is blocked in (input(), a lock) returns; last: from the main thread it raises at once
+        if self.subs.parent.running: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
@@ -435,6 +439,7 @@ class Kernel:
         self.ready.set()
         if self.stopping.is_set(): self.subs.parent.stop()  # a shutdown that came while we were starting
         watch_parent(self)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         self.subs.parent.run()
         self.finish()
 

@@ -5,8 +5,7 @@ log = logging.getLogger("ipymini")
 
 def banner() -> str:
     "IPython's banner text, without importing IPython if it is not loaded yet."
-    ip = sys.modules.get("IPython")
-    v = ip.__version__ if ip else ipython_version()
+    v = getattr(sys.modules.get("IPython"), "__version__", None) or ipython_version()  # IPython may be half imported
     return (f"Python {sys.version}\nType 'copyright', 'credits' or 'license' for more information\n"
         f"IPython {v} -- An enhanced Interactive Python. Type '?' for help.\n")
 

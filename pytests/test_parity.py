@@ -48,7 +48,7 @@ cells = [
 addr = re.compile(r"0x[0-9a-fA-F]{6,}")
 tmp = re.compile(r"/tmp/(ipykernel|ipymini)_\d+/\d+\.py")
 ansi = re.compile(r"\x1b\[[0-9;]*m")
-timing = re.compile(r"[\d.]+ (ns|µs|μs|us|ms|s)\b")
+timing = re.compile(r"[\d.]+(e[+-]?\d+)? (ns|µs|μs|us|ms|s)\b")  # %time may print "1e+03 ns"
 
 def norm(o):
     "Strip what differs by run rather than by behaviour: addresses, temp cell files, display ids, PNG bytes."
