@@ -1,9 +1,9 @@
-"Where output goes: per-request stdout/stderr, fd-level capture, the display publisher and hook, and input()."
+"Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
 import codecs, io, os, re, select, sys, threading
 from contextvars import ContextVar
 
-PARENT = ContextVar("ipymini_parent", default=None)
-SUB = ContextVar("ipymini_subshell", default=None)  # the subshell id whose code runs here; None is the parent subshell  # the request whose outputs the running code produces
+PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
+SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
 main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
