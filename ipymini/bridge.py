@@ -11,7 +11,7 @@ from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
 try: from IPython.core.completer import provisionalcompleter, rectify_completions
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
-from .capture import PARENT, SUB
+from .capture import SUB
 from .debug import CellCompiler
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
@@ -153,11 +153,8 @@ class KernelBridge:
         ip,sub = self.ip,SUB.get()
         ALLOW_STDIN.set(allow_stdin)
         ip.last_tb = None
-        try:
-            cell = ip.transform_cell(code)
-            exc = None
-        except Exception:
-            cell,exc = code,sys.exc_info()
+        try: cell,exc = ip.transform_cell(code),None
+        except Exception: cell,exc = code,sys.exc_info()
         hist = store_history and sub is None
         try:
             res = await ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell,

@@ -52,7 +52,9 @@ def children(pid=None) -> list:
         kids.setdefault(ppid, []).append(int(n))
     out,todo = [],[pid]
     while todo:
-        for k in kids.get(todo.pop(), []): out.append(k); todo.append(k)
+        new = kids.get(todo.pop(), [])
+        out += new
+        todo += new
     return out
 
 def end_children(grace=0.5):

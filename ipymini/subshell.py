@@ -70,8 +70,7 @@ class Subshell:
 
 class SubshellManager:
     "The parent subshell (main thread) and any created ones, by id."
-    def __init__(self, kernel):
-        self.kernel,self.parent,self.subs = kernel,Subshell(kernel),{}
+    def __init__(self, kernel): self.kernel,self.parent,self.subs = kernel,Subshell(kernel),{}
 
     def get(self, sid): return self.parent if sid is None else self.subs.get(sid)
     def all(self): return [self.parent, *self.subs.values()]
