@@ -51,7 +51,8 @@ def main(argv=None):
         "       python -m ipymini install [--user|--sys-prefix|--prefix P] [--name N] [--display-name D]")
     from . import profile
     profile.argv = rest  # IPython's options (--profile, --ext, --InteractiveShell.xmode=..., ...), read when the shell is built
-    run(conn, debug or os.environ.get("IPYMINI_DEBUG", "") not in ("", "0"))
+    from .procs import env_flag
+    run(conn, debug or env_flag("IPYMINI_DEBUG", False))
 
 def parse_run(argv) -> tuple:
     "`(connection file, debug, other args)`; by hand, since argparse costs milliseconds before the first reply."

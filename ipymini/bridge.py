@@ -12,6 +12,7 @@ try: from IPython.core.completer import provisionalcompleter, rectify_completion
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
 from .capture import SUB
+from .procs import env_flag
 from .debug import CellCompiler
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
@@ -23,11 +24,6 @@ def at_cursor(code, cursor_pos) -> int:
     if not isinstance(cursor_pos, int) or not 0 <= cursor_pos <= len(code):
         raise ValueError(f"cursor_pos {cursor_pos!r} is outside the code (0 to {len(code)})")
     return cursor_pos
-
-def env_flag(name, default:bool) -> bool:
-    "The boolean environment flag `name` (0/1, false/true), or `default` when unset."
-    v = os.environ.get(name)
-    return default if v is None else v.strip().lower() not in ("0", "false", "no", "off", "")
 
 class Result:
     "What one execute did: reply `status`, the `count` it ran as, the `error` fields, the `payload` and `user_expressions`."

@@ -87,9 +87,9 @@ def read_frame(f):
     return json.loads(f.read(n))
 
 class Link:
-    "A DAP connection to pydevd: a request waits for its response; events go to `on_event`, in order, on a thread of their own."
-    def __init__(self, addr, on_event):
-        self.sock,self.on_event = socket.create_connection(addr),on_event
+    "A DAP connection to pydevd: a request waits for its response; each event goes to `track` as it is read, then to `on_event` on a thread of its own."
+    def __init__(self, addr, track, on_event):
+        self.sock,self.track,self.on_event = socket.create_connection(addr),track,on_event
         self.seq,self.lock,self.waiting,self.events = itertools.count(1),threading.Lock(),{},queue.Queue()
         for f,name in ((self.read, "dap-read"), (self.dispatch, "dap-events")):
             hide(threading.Thread(target=f, daemon=True, name=f"ipymini-{name}")).start()
@@ -113,7 +113,10 @@ class Link:
         try:
             while (msg := read_frame(f)) is not None:
                 msg.pop("pydevd_cmd_id", None)
-                if msg.get("type") == "event": self.events.put(msg)
+                if msg.get("type") == "event":
+                    # here, in wire order: a response pydevd sends after an event (`continue` after `continued`) finds its effect done
+                    self.track(msg)
+                    self.events.put(msg)
                 elif (w := self.waiting.get(msg.get("request_seq"))) is not None:
                     w[1].append(msg)
                     w[0].set()
@@ -175,25 +178,19 @@ class Debugger:
         from .capture import main_parent
         self.kernel.ch.pub("debug_event", ev, parent=main_parent[0] or self.parent)  # parented like ipykernel: the latest shell request
 
-    def on_event(self, ev):
-        "Track which threads are stopped (so `variables` knows where to look), then pass the event on."
+    def track(self, ev):
+        "Which threads are stopped (for `variables`, `continue` and debugInfo), as ipykernel counts them: the one each event names."
         name,body = ev.get("event"),ev.get("body") or {}
-        if name == "stopped":
-            if body.get("allThreadsStopped"):
-                rep = self.link.request(dict(command="threads"))
-                self.stopped |= {t["id"] for t in (rep.get("body") or {}).get("threads", [])}
-            self.stopped.add(body.get("threadId"))
-        elif name == "continued":
-            if body.get("allThreadsContinued"): self.stopped = set()
-            else: self.stopped.discard(body.get("threadId"))
-        self.publish(ev)
+        # a new set each time, never changed in place: the control thread may be reading the old one
+        if name == "stopped": self.stopped = self.stopped | {body.get("threadId")}
+        elif name == "continued": self.stopped = set() if body.get("allThreadsContinued") else self.stopped - {body.get("threadId")}
 
     # --- session
     def connect(self):
         "Start pydevd listening on localhost, in process (no adapter subprocess), and connect to it."
         hide_kernel_threads()
         debugpy = load_debugpy()
-        self.link = Link(debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True), self.on_event)
+        self.link = Link(debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True), self.track, self.publish)
         self.kernel.bridge.ip.events.register("pre_execute", self.retrace)
 
     def retrace(self):
@@ -229,10 +226,7 @@ class Debugger:
 
     def continue_(self, c):
         "Forwarded; with nothing stopped pydevd would answer only once something resumes, so answer here."
-        if not self.stopped: return response(c, allThreadsContinued=True)
-        rep = self.forward(c)
-        if (rep.get("body") or {}).get("allThreadsContinued"): self.stopped = set()  # the continued event may still be on its way
-        return rep
+        return self.forward(c) if self.stopped else response(c, allThreadsContinued=True)
 
     def disconnect(self, c):
         "End the session: pydevd drops breakpoints and resumes every thread, but stays loaded for the next `initialize`."

@@ -5,10 +5,10 @@ from contextlib import contextmanager
 import zmq
 from . import __version__
 from .session import Session, now
-from .procs import banner, end_children, usage, watch_parent
+from .procs import banner, end_children, env_flag, usage, watch_parent
 
 log = logging.getLogger("ipymini")
-DEBUG = os.environ.get("IPYMINI_DEBUG", "") not in ("", "0")
+DEBUG = env_flag("IPYMINI_DEBUG", False)
 
 shell_msgs   = ("execute_request complete_request inspect_request is_complete_request history_request kernel_info_request "
     "connect_request comm_info_request comm_open comm_msg comm_close shutdown_request").split()
@@ -432,7 +432,7 @@ class Kernel:
         from .subshell import SubshellManager
         self.subs = SubshellManager(self)
         self.bridge = KernelBridge(self.ask, kernel=self)
-        self.ch.install(self.bridge.ip, capture_fds=os.environ.get("IPYMINI_CAPTURE_FDS", "1") != "0")
+        self.ch.install(self.bridge.ip, capture_fds=env_flag("IPYMINI_CAPTURE_FDS", True))
         self.comm_manager = comms.install(self)
         from .profile import init_profile
         init_profile(self.bridge.ip)

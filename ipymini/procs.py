@@ -3,6 +3,11 @@ import logging, os, signal, sys, threading, time
 
 log = logging.getLogger("ipymini")
 
+def env_flag(name, default:bool) -> bool:
+    "The boolean environment flag `name` (0/1, false/true), or `default` when unset: every IPYMINI_* flag is read through here."
+    v = os.environ.get(name)
+    return default if v is None else v.strip().lower() not in ("0", "false", "no", "off", "")
+
 def banner() -> str:
     "IPython's banner text, without importing IPython if it is not loaded yet."
     v = getattr(sys.modules.get("IPython"), "__version__", None) or ipython_version()  # IPython may be half imported
