@@ -1,5 +1,5 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
-import asyncio, ctypes, logging, selectors, threading, uuid
+import asyncio, ctypes, logging, selectors, signal, threading, uuid
 from .capture import SUB
 
 log = logging.getLogger("ipymini")
@@ -42,6 +42,9 @@ class Subshell:
 
     def run(self):
         "Serve until stopped; a KeyboardInterrupt that lands in the loop's own code rather than a cell is shrugged off."
+        # kernel threads start with SIGINT/SIGTERM blocked (see Kernel.__init__); user code here must not pass that on to
+        # the processes it starts, which inherit the mask
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         asyncio.set_event_loop(self.loop)
         fut = self.loop.create_task(self.serve())
         while not fut.done():

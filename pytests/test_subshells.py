@@ -131,3 +131,16 @@ def test_complete_while_cell_runs(kc):
     c = request(kc, "complete_request", code="import o", cursor_pos=8)["content"]
     assert c["status"] == "ok" and "os" in c["matches"] and time.monotonic() - t < 2.5
     shell_reply(kc, busy)
+
+@pytest.mark.parametrize("where", ["parent", "subshell"])
+def test_child_processes_get_signals(kc, where):
+    "A process started from a cell can be interrupted and terminated: it does not inherit blocked SIGINT/SIGTERM."
+    sid = create(kc) if where == "subshell" else None
+    try:
+        code = "import subprocess\np = subprocess.Popen(['sleep', '100'])\nprint(open(f'/proc/{p.pid}/status').read())\np.kill(); p.wait()"
+        mid = execute(kc, code, sid)
+        status = text(iopub_until_idle(kc, mid))
+        blocked = int(next(l for l in status.splitlines() if l.startswith("SigBlk:")).split()[1], 16)
+        assert blocked & (1 << (2 - 1)) == 0 and blocked & (1 << (15 - 1)) == 0, "SIGINT or SIGTERM blocked in the child"
+    finally:
+        if sid: delete(kc, sid)
