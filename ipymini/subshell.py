@@ -1,9 +1,18 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
-import asyncio, ctypes, logging, selectors, signal, threading, uuid
+import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from .capture import SUB
 
 log = logging.getLogger("ipymini")
 STOP = object()
+here = threading.local()  # `here.sub`: the subshell a (non-main) executor thread serves
+real_sleep = time.sleep
+
+def sleep(secs):
+    "`time.sleep` that an interrupt ends in a subshell's thread too (CPython delivers signals to the main thread only)."
+    sub = getattr(here, "sub", None)
+    if sub is None or not sub.running or secs <= 0: return real_sleep(secs)
+    sub.woken.clear()  # an earlier interrupt of this cell was delivered already (as an async exception)
+    if sub.woken.wait(secs): raise KeyboardInterrupt
 
 class WatchedSelector(selectors.DefaultSelector):
     "A selector that knows when its loop is waiting, so an interrupt can tell an awaiting cell from a computing one."
@@ -21,6 +30,7 @@ class Subshell:
         self.loop = asyncio.SelectorEventLoop(self.sel)
         self.queue,self.task,self.thread = asyncio.Queue(),None,None
         self.running,self.abort_before = False,0.0  # `running`: user code may be on the stack (interrupts land only then)
+        self.woken = threading.Event()  # set by an interrupt: ends a `time.sleep` in this subshell's cell
 
     def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
     def stop(self): self.submit(STOP)
@@ -45,6 +55,7 @@ class Subshell:
         # kernel threads start with SIGINT/SIGTERM blocked (see Kernel.__init__); user code here must not pass that on to
         # the processes it starts, which inherit the mask
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        if self.thread is not None: here.sub = self
         asyncio.set_event_loop(self.loop)
         fut = self.loop.create_task(self.serve())
         while not fut.done():
@@ -68,7 +79,9 @@ class Subshell:
         if not self.running: return True
         if self.sel.waiting: self.loop.call_soon_threadsafe(self.throw)
         elif self.thread is None: return False  # the main thread: SIGINT's handler raises it there
-        else: ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
+        else:
+            self.woken.set()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
         return True
 
 class SubshellManager:
@@ -79,6 +92,7 @@ class SubshellManager:
     def all(self): return [self.parent, *self.subs.values()]
 
     def create(self) -> str:
+        time.sleep = sleep  # from the first subshell on: `time.sleep` in a subshell's cell can be interrupted
         sid = str(uuid.uuid4())
         self.subs[sid] = sub = Subshell(self.kernel, sid)
         sub.start()

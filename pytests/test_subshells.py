@@ -91,10 +91,11 @@ def test_delete_busy_subshell(kc):
     assert run(kc, "1")[0]["status"] == "ok"
 
 @pytest.mark.parametrize("how", ["signal", "message"])
-def test_interrupt_subshell(kc, km, how):
+@pytest.mark.parametrize("cell", ["while True: pass", "import time; time.sleep(100)"])
+def test_interrupt_subshell(kc, km, how, cell):
     sid = create(kc)
     try:
-        mid = execute(kc, "while True: pass", sid)
+        mid = execute(kc, cell, sid)
         time.sleep(0.5)
         if how == "signal": km.interrupt_kernel()
         else: request(kc, "interrupt_request", "control")
