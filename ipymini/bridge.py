@@ -117,8 +117,8 @@ class KernelBridge:
     "Drives the shell for the kernel. Talks outward only through `ask(prompt, password)`; output goes via capture."
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
-        from .profile import load_config
-        self.ip = MiniShell.instance(config=load_config(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler,
+        from .profile import load_config, profile_dir
+        self.ip = MiniShell.instance(config=load_config(), profile_dir=profile_dir(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler,
             kernel=kernel, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
