@@ -142,6 +142,11 @@ class Explorer:
     def children(self, ref=None) -> list:
         return [v.get_var_data() for v in self.frames.get_variable(ref or id(self.frame)).get_children_variables()]
 
+def no_delay():
+    "pydevd writes a message's header and body in two sends: with Nagle on at its end, each response waits ~40 ms for our delayed ACK."
+    from _pydevd_bundle.pydevd_constants import get_global_debugger
+    if (w := getattr(get_global_debugger(), "writer", None)) is not None: w.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 def load_debugpy():
     "Import debugpy (and so pydevd); sys.monitoring mode is turned off first, as it must be before pydevd loads."
     os.environ["PYDEVD_USE_SYS_MONITORING"] = "0"
@@ -207,7 +212,9 @@ class Debugger:
         if self.link is None: self.connect()
         if not self.started: self.keep_blank_lines(True)
         self.started = True
-        return self.link.request(c)
+        rep = self.link.request(c)
+        no_delay()  # pydevd has answered, so its end of the link exists
+        return rep
 
     def attach(self, c):
         "Attach with ipykernel's defaults: library code may be stepped into, the kernel's own may not; then start pydevd running."
