@@ -29,6 +29,10 @@ def murmur2(data:bytes, seed=SEED) -> int:
     return h ^ h >> 15
 
 def tmp_dir() -> str: return os.path.join(tempfile.gettempdir(), f"ipymini_{os.getpid()}")
+def cleanup():
+    import shutil
+    shutil.rmtree(tmp_dir(), ignore_errors=True)
+
 def cell_file(code:str) -> str: return os.path.join(tmp_dir(), f"{murmur2(code.encode('utf-8'))}.py")
 
 class CellCompiler(CachingCompiler):

@@ -446,6 +446,7 @@ class Kernel:
     def finish(self):
         self.bridge.shutdown()
         end_children()
+        if (debug := sys.modules.get("ipymini.debug")) is not None: debug.cleanup()  # the cell files dumpCell wrote
         self.ch.flush()
         for t in self.threads: t.stop()
         for t in self.threads: t.join(timeout=1)

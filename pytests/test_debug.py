@@ -1,5 +1,5 @@
 "The debugger (issue 6): DAP over `debug_request`/`debug_event`, driven the way JupyterLab's debugger panel drives it."
-import itertools, random, time, pytest
+import itertools, os, random, time, pytest
 from kutils import TIMEOUT, iopub_until_idle, request, run, shell_reply, start_kernel, text
 
 pytestmark = pytest.mark.slow
@@ -288,3 +288,11 @@ def test_attached_session_keeps_cells_fast(kernel_name):
         print(f"loop {before[0]:.3f}s -> {after[0]:.3f}s; calls {before[1]:.3f}s -> {after[1]:.3f}s")
         assert after[0] < 2.5*before[0] + 0.02  # ipykernel: about 1.6x
         assert after[1] < 15*before[1] + 0.05  # pydevd sees every call (settrace); ipykernel pays the same, about 7x here
+
+def test_cell_files_removed_at_shutdown(kernel_name, is_ipymini):
+    "The files dumpCell writes live in a per-kernel folder that goes away with the kernel (ipykernel leaves its own behind)."
+    if not is_ipymini: pytest.skip("ipykernel keeps its dumped cells in /tmp")
+    with start_kernel(kernel_name) as (km,kc):
+        path = Dap(kc).start()("dumpCell", code="x = 1\n")["body"]["sourcePath"]
+        assert os.path.exists(path)
+    assert not os.path.exists(os.path.dirname(path))
