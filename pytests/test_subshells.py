@@ -119,17 +119,6 @@ def test_background_task_keeps_running(kc):
     assert "".join(g["content"]["text"] for g in got) == "tick 0\ntick 1\ntick 2\n"
     assert all(g["parent_header"]["msg_id"] == first for g in got)
 
-def test_thread_output_parented_to_starting_cell(kc):
-    "A thread's print goes to the cell that started it, not the one running now (ipykernel 7 gives it to the running cell)."
-    first = kc.execute("import threading, time\nev = threading.Event()\n"
-        "def work():\n    ev.wait()\n    print('from thread')\nthreading.Thread(target=work).start()")
-    iopub_until_idle(kc, first)
-    second = kc.execute("ev.set(); time.sleep(0.3); print('cell two')")
-    outs2 = iopub_until_idle(kc, second)
-    assert text(outs2) == "cell two\n"
-    m = wait_msg(kc, lambda m: m["msg_type"] == "stream" and "from thread" in m["content"]["text"])
-    assert m["parent_header"]["msg_id"] == first
-
 def test_complete_while_cell_runs(kc):
     "Completion is answered mid-cell, as a front end types; ipykernel 7 answers only after the 3 s cell ends."
     busy = kc.execute("import time; time.sleep(3)")
