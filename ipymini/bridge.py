@@ -118,15 +118,16 @@ class KernelBridge:
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
         from .profile import load_config, profile_dir
-        self.ip = MiniShell.instance(config=load_config(), profile_dir=profile_dir(), display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler,
-            kernel=kernel, **shell_kw)
+        self.ip = MiniShell.instance(config=load_config(), profile_dir=profile_dir(), kernel=kernel,
+            display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
-        hm,self.save_soon = self.ip.history_manager,None
         # IPython commits history on its own thread after every cell, holding a lock the next cell's store waits on
         # (about 1 ms of a 2 ms round trip); we batch those commits to 0.1 s after the last cell instead
-        if hm.enabled and getattr(hm, "save_flag", None) is not None and hm.db_cache_size == 0: hm.db_cache_size = 10**6
+        hm,self.save_soon,self.save_flag = self.ip.history_manager,None,None
+        if hm.enabled and getattr(hm, "save_flag", None) is not None and hm.db_cache_size == 0:
+            hm.db_cache_size,self.save_flag = 10**6,hm.save_flag
 
     def input(self, prompt=""):
         if not ALLOW_STDIN.get(): raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
@@ -151,13 +152,13 @@ class KernelBridge:
         ip.last_tb = None
         try: cell,exc = ip.transform_cell(code),None
         except Exception: cell,exc = code,sys.exc_info()
-        hist = store_history and sub is None
+        hist,res = store_history and sub is None,None
         try:
             res = await ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell,
                 preprocessing_exc_tuple=exc, cell_id=cell_id)
         finally:
             ip.events.trigger("post_execute")
-            if not silent: ip.events.trigger("post_run_cell", res if "res" in locals() else None)
+            if not silent: ip.events.trigger("post_run_cell", res)
         if sub is not None and store_history and not silent: ip.execution_count += 1
         elif hist: self.save_history_soon()
         payload = ip.payload_manager.read_payload()
@@ -170,10 +171,9 @@ class KernelBridge:
 
     def save_history_soon(self, delay=0.1):
         "Have IPython's history thread commit `delay` seconds after the last cell (history requests and exit commit at once)."
-        flag = getattr(self.ip.history_manager, "save_flag", None)
-        if flag is None or self.ip.history_manager.db_cache_size < 10**6: return
+        if self.save_flag is None: return  # history off, or the user set their own db_cache_size
         if self.save_soon is not None: self.save_soon.cancel()
-        self.save_soon = asyncio.get_running_loop().call_later(delay, flag.set)
+        self.save_soon = asyncio.get_running_loop().call_later(delay, self.save_flag.set)
 
     def complete(self, code, cursor_pos=None) -> dict:
         "`matches` replacing `code[cursor_start:cursor_end]`; typed ones in metadata when experimental completions are on."

@@ -4,6 +4,7 @@ from collections import deque
 from contextlib import contextmanager
 import zmq
 from . import __version__
+from .capture import PARENT, Channels, current_parent, main_parent
 from .session import Session, now
 from .procs import banner, end_children, env_flag, usage, watch_parent
 
@@ -138,7 +139,6 @@ class Kernel:
         if not conn.get("key"): log.warning("connection file has no key: messages are not signed")
         self.ctx = zmq.Context()
         self.log_stream = sys.stderr
-        from .capture import Channels
         self.ch = Channels(self.raw_pub)
         self.subs = None  # made once the sockets are up: the first kernel_info must not wait for asyncio and IPython
         self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
@@ -237,7 +237,6 @@ class Kernel:
 
     def enter(self, req):
         "Outputs from here on belong to `req`."
-        from .capture import PARENT, main_parent
         PARENT.set(req.msg)
         if req.sub is not None and req.sub is self.subs.parent: main_parent[0] = req.msg
 
@@ -278,7 +277,6 @@ class Kernel:
 
     def get_parent(self, channel=None):
         "The request being served here; ipywidgets' Output widget reads it to capture output from comm callbacks."
-        from .capture import current_parent
         return current_parent()
 
     def safe(self, f, *args, **kw):
@@ -337,11 +335,11 @@ class Kernel:
 
     # --- control handlers
     def kernel_info(self):
+        dbg = self.debug_ok()
         return dict(status="ok", protocol_version="5.5", implementation="ipymini", implementation_version=__version__,
             language_info=dict(name="python", version="%d.%d.%d" % sys.version_info[:3], mimetype="text/x-python", file_extension=".py",
                 pygments_lexer="ipython3", codemirror_mode=dict(name="ipython", version=3), nbconvert_exporter="python"),
-            banner=banner(), help_links=help_links, debugger=self.debug_ok(),
-            supported_features=["kernel subshells"] + (["debugger"] if self.debug_ok() else []))
+            banner=banner(), help_links=help_links, debugger=dbg, supported_features=["kernel subshells"] + (["debugger"] if dbg else []))
 
     def debug_ok(self):
         import importlib.util
@@ -374,7 +372,6 @@ class Kernel:
     # --- stdin, interrupts, life cycle
     def ask(self, prompt, password):
         "Send `input_request` for the current cell and wait for the client's `input_reply`; interrupts raise KeyboardInterrupt."
-        from .capture import current_parent
         self.ch.flush()
         parent = current_parent()
         req_msg = self.session.msg("input_request", dict(prompt=prompt, password=password), parent)

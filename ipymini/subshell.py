@@ -34,8 +34,6 @@ class Subshell:
 
     def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
     def stop(self): self.submit(STOP)
-    @property
-    def busy(self) -> bool: return self.task is not None
 
     async def serve(self):
         SUB.set(self.sid)
