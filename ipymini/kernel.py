@@ -1,10 +1,10 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
 import logging, os, signal, sys, threading, time
-from collections import deque
 from contextlib import contextmanager
 import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
+from .channels import IOPub, SockThread
 from .session import Session, now
 from .procs import banner, end_children, env_flag, usage, watch_parent
 
@@ -36,97 +36,6 @@ class Req:
         self.replied = True
         self.kernel.ch.flush()
         self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
-
-class Outbox:
-    "Items any thread queues for the one thread that owns a socket; a pipe in that thread's poller wakes it."
-    def __init__(self, most=0):
-        self.q,self.signalled,self.most,self.full,self.room = deque(),False,most,False,threading.Condition()
-        self.r,self.w = os.pipe()
-        os.set_blocking(self.r, False)
-
-    def put(self, item):
-        if self.most and len(self.q) >= self.most: self.wait_for_room()
-        self.q.append(item)
-        if not self.signalled:
-            self.signalled = True
-            os.write(self.w, b"!")
-
-    def take(self):
-        "Yield what is queued until the queue stays empty; the flag is reset only before a last look, so no put is missed."
-        # while the owner works through the queue, puts skip the pipe write (and the GIL hand-off it costs per message)
-        try: os.read(self.r, 4096)
-        except BlockingIOError: pass
-        while True:
-            while self.q:
-                yield self.q.popleft()
-                if self.full and len(self.q) < self.most // 2: self.make_room()
-            self.signalled = False
-            if not self.q: return
-            self.signalled = True
-
-    def wait_for_room(self):
-        "Back-pressure: a producer outpacing a slow client waits here (a second at most), so memory stays bounded."
-        with self.room:
-            self.full = True
-            self.room.wait_for(lambda: len(self.q) < self.most, timeout=1)
-
-    def make_room(self):
-        with self.room:
-            self.full = False
-            self.room.notify_all()
-
-class SockThread(threading.Thread):
-    "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."
-    def __init__(self, kernel, sock, name, serve=None, most=0):
-        super().__init__(daemon=True, name=f"ipymini-{name}")
-        self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox(most)
-
-    def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
-    def stop(self): self.outbox.put(None)
-
-    def run(self):
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.outbox.r, zmq.POLLIN)
-        while True:
-            for s,_ in poller.poll():
-                if s is self.sock: self.drain_in()
-                else:
-                    for frames in self.outbox.take():
-                        if frames is None: return self.sock.close(linger=200)
-                        try: self.send_frames(frames)
-                        except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
-
-    def drain_in(self):
-        while True:
-            try: frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again: return
-            try: self.serve_fn(self.sock, frames)
-            except Exception: log.exception("%s: error handling a message", self.name)
-
-class IOPub(SockThread):
-    "Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65)."
-    def __init__(self, kernel, sock):
-        super().__init__(kernel, sock, "iopub", self.welcome, most=1000)
-        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # a second subscriber to the same topic is welcomed too
-        sock.setsockopt(zmq.XPUB_NODROP, 1)   # a full queue is an error we can see, not a silent drop
-        sock.sndhwm = 10_000  # with the outbox's 1000, what a slow client can make us hold is bounded
-
-    def welcome(self, sock, frames):
-        if frames[0][:1] == b"\x01": self.send_frames(("iopub_welcome", dict(subscription=frames[0][1:].decode(errors="replace")), None, None, None))
-
-    def send_frames(self, item):
-        msg_type,content,parent,buffers,metadata = item
-        msg = self.kernel.session.msg(msg_type, content, parent, metadata)
-        if buffers: msg["buffers"] = buffers
-        frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        end = time.monotonic() + 10
-        while True:
-            try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, 10 s at most
-                if time.monotonic() > end: break
-                if self.sock.poll(50, zmq.POLLOUT): time.sleep(0.001)  # POLLOUT can say ready before there is room
-        print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)
 
 class Kernel:
     "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type."
