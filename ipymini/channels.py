@@ -104,7 +104,7 @@ class IOPub(SockThread):
     A subscriber's queue holds `IOPUB_HWM` messages. While every queue has room, all get everything (XPUB_NODROP). A full
     queue makes us wait (the cell waits too, through the outbox's bound), so a reader slower than the cell still gets
     everything; one that takes nothing for `PATIENCE` s is skipped: that message is sent with NODROP off, and libzmq then
-    leaves that subscriber out until it reads again. What was published meanwhile is logged once, when the burst ends."""
+    leaves that subscriber out until it reads again. The count is logged once, when the request it happened in ends."""
     def __init__(self, kernel, sock):
         super().__init__(kernel, sock, "iopub", self.welcome, most=1000)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # a second subscriber to the same topic is welcomed too
@@ -119,27 +119,35 @@ class IOPub(SockThread):
         msg = self.kernel.session.msg(msg_type, content, parent, metadata)
         if buffers: msg["buffers"] = buffers
         frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        if self.dropped: self.dropped += 1  # in an episode: a skipped subscriber misses this one too, unless it has read meanwhile
-        if self.send(frames): return
-        end,nap = time.monotonic() + PATIENCE,0.0005
-        while time.monotonic() < end:  # naps, not poll(POLLOUT): XPUB reports POLLOUT while any one queue has room
-            time.sleep(nap)
-            nap = min(2*nap, 0.02)
-            if self.send(frames): return
+        if self.dropped: self.dropped += 1  # in an episode: the skipped subscriber misses this one too, unless it has read meanwhile
+        if self.send(frames) or self.patient(frames): return self.episode_end(msg_type, content)
         self.sock.setsockopt(zmq.XPUB_NODROP, 0)
         try: self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # to every queue with room; full ones are left out from now on
         finally: self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.dropped += 1
+
+    def patient(self, frames) -> bool:
+        "Retry `frames` while a full queue takes nothing, `PATIENCE` s at most; naps, as XPUB says POLLOUT while any queue has room."
+        end,nap = time.monotonic() + PATIENCE,0.0005
+        while time.monotonic() < end:
+            time.sleep(nap)
+            nap = min(2*nap, 0.02)
+            if self.send(frames): return True
+        return False
+
+    def episode_end(self, msg_type, content):
+        "An episode is logged once, with its count, when the request it happened in ends (its idle status)."
+        if not self.dropped or msg_type != "status" or content.get("execution_state") != "idle": return
+        log.warning("IOPub: a subscriber took nothing for %.0f s with %d messages queued for it, so it is skipped until it reads "
+            "again: it missed %d messages up to the end of this request", PATIENCE, IOPUB_HWM, self.dropped)
+        self.dropped = 0
 
     def send(self, frames) -> bool:
         try: self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again: return False
         return True
 
-    def drained(self):
-        if self.dropped: log.warning("IOPub: a subscriber took nothing for %.0f s with %d messages queued for it; it missed up to %d "
-            "messages published since (it gets new ones once it reads again)", PATIENCE, IOPUB_HWM, self.dropped)
-        self.dropped = 0
+    def drained(self): pass  # episodes end at an idle status (`episode_end`)
 
 class Worker:
     "Runs jobs in order on a thread of its own; `abandon()` leaves a stuck job to its thread and starts a fresh one for the rest."
