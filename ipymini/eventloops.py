@@ -10,7 +10,7 @@ parked = {}  # thread ident -> that thread's kernel loop, while a synchronous st
 def park():
     "Hide this thread's running loop from asyncio while a statement runs: `asyncio.run` in it works as in a terminal."
     loop = events._get_running_loop()
-    if loop is None: yield; return  # nothing runs here (a trio cell's statements): nothing to hide
+    if loop is None: return (yield)  # nothing runs here (a trio cell's statements): nothing to hide
     tid = threading.get_ident()
     events._set_running_loop(None)
     parked[tid] = loop
@@ -29,7 +29,7 @@ def get_running_loop():
 @contextmanager
 def plain_sigint():
     "Python's own SIGINT handler while another library's loop runs a cell: trio raises KeyboardInterrupt only where it is safe."
-    if threading.current_thread() is not threading.main_thread(): yield; return
+    if threading.current_thread() is not threading.main_thread(): return (yield)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try: yield
     finally: signal.signal(signal.SIGINT, old)
@@ -107,7 +107,8 @@ class GLib:
     def __init__(self, gui):
         import gi
         gi.require_version("Gtk", "4.0" if gui == "gtk4" else "3.0")
-        from gi.repository import GLib, Gtk  # noqa: F401 (Gtk adds its sources to the default context)
+        from gi.repository import GLib
+        importlib.import_module("gi.repository.Gtk")  # GTK adds its event sources to GLib's default context
         self.glib,self.ctx,self.gui = GLib,GLib.MainContext.default(),gui
 
     def accepts(self, gui): return gui in (self.gui, "gtk")
@@ -172,11 +173,12 @@ def enable_gui(sub, gui):
     if gui is None:
         if sel.gui is not None: sel.gui,sub.wakeup = None,sub.wakeup.close()
         return
+    if gui == "osx": raise ValueError("%gui osx: ipymini has no macOS (Cocoa) event loop")
     if gui not in toolkits: raise ValueError(f"%gui {gui!r}: choose one of {', '.join([*toolkits, *sorted(no_loop)])}, or none to stop")
     if threading.current_thread() is not threading.main_thread(): raise RuntimeError("%gui runs a toolkit on the main thread: use it in the parent subshell")
     if sel.gui is not None:
         if sel.gui.accepts(gui): return
         raise RuntimeError(f"%gui {gui}: {type(sel.gui).__name__} is running; `%gui` (no argument) stops it first")
-    tk = made.get(toolkits[gui])
-    if tk is None or not tk.accepts(gui): tk = made[toolkits[gui]] = toolkits[gui](gui)
-    sel.gui,sub.wakeup = tk,Wakeup(sub.loop)
+    t = made.get(toolkits[gui])
+    if t is None or not t.accepts(gui): t = made[toolkits[gui]] = toolkits[gui](gui)
+    sel.gui,sub.wakeup = t,Wakeup(sub.loop)

@@ -3,14 +3,16 @@ each with an interrupt, after which the kernel's own loop (top-level await, task
 ipykernel runs plain cells inside its running loop, so `asyncio.run` there raises "cannot be called from a running event
 loop"; terminal IPython runs them, and so does ipymini: its loop is parked while a cell's synchronous statement runs."""
 import pytest
-from kutils import run, start_kernel, shell_reply, result, text, wait_msg, TIMEOUT
+from kutils import run, start_kernel, shell_reply, result, wait_msg, TIMEOUT
 
 pytestmark = pytest.mark.slow
 
 coro = "import asyncio\nasync def f(x=42):\n    await asyncio.sleep(0.01)\n    return x\n"
 ticker = ("ticks = 0\nasync def tick():\n    global ticks\n    while True:\n        ticks += 1\n        await asyncio.sleep(0.02)\n"
     "bg = asyncio.create_task(tick())")
-blocker = "async def block():\n    print('inside', flush=True)\n    await asyncio.sleep(30)\n"
+# the marker comes from another thread: an interrupt must not land in the main thread's own output path (kernel code)
+mark = "threading.Thread(target=print, args=('inside',), kwargs=dict(flush=True)).start()"
+blocker = f"import threading\nasync def block():\n    {mark}\n    await asyncio.sleep(30)\n"
 
 def ok(kc, code, **kw):
     reply,outs = run(kc, code, **kw)
@@ -73,7 +75,7 @@ def test_trio(k):
     km,kc = k
     ok(kc, "%autoawait trio\nimport trio")
     assert result(ok(kc, "await trio.sleep(0.05)\n'trio'"))["text/plain"] == "'trio'"
-    interrupted(km, kc, "print('inside', flush=True)\nawait trio.sleep(30)")
+    interrupted(km, kc, f"import threading\n{mark}\nawait trio.sleep(30)")
     assert result(ok(kc, "await trio.sleep(0.01)\n6"))["text/plain"] == "6"
     ok(kc, "%autoawait asyncio")
     loop_alive(kc)

@@ -51,7 +51,8 @@ def wait_pixels(display, rgb, n=2000, timeout=15):
     return k
 
 def test_timer_fires_while_idle(gui):
-    "A 100 ms toolkit timer keeps firing while the kernel waits for requests; `%gui` with no argument stops it."
+    """A 100 ms toolkit timer keeps firing while the kernel waits for requests; `%gui` with no argument stops it.
+    On ipykernel 7 with Qt the request after `%gui` gets no answer (the test fails on its deadline)."""
     tk,display,km,kc = gui
     out = ok(kc, f"%gui {tk}\n%gui {tk}\n" + timers[tk])
     assert text(out, "stderr") == "", "enabling twice is quiet"
@@ -77,8 +78,8 @@ def test_window_paints_and_updates(gui):
 
 def test_requests_and_interrupts_with_window(gui):
     """With a window open (after the test above), `1+1` answers at once and interrupts end cells that compute, sleep or await.
-    ipykernel 7 runs its Qt and Tk loops in place of its asyncio loop, so an awaiting cell there cannot be interrupted
-    (the error reply never comes: this test fails on its deadline)."""
+    ipykernel 7 runs its Qt and Tk loops in place of its asyncio loop: with Tk and a figure open, `1+1` got no answer here,
+    and with Qt an interrupted awaiting cell none (the test fails on its deadline)."""
     tk,display,km,kc = gui
     ok(kc, "import matplotlib.pyplot as plt\nplt.figure(); plt.plot([1, 2]); plt.show(block=False)")
     times = []
@@ -88,7 +89,8 @@ def test_requests_and_interrupts_with_window(gui):
         times.append(time.monotonic() - t)
     assert sorted(times)[5] < 0.2, f"1+1 round trips with a window open: {times}"
     for cell in ["while True: pass", "import time; time.sleep(30)", "import asyncio; await asyncio.sleep(30)"]:
-        mid = kc.execute("print('inside', flush=True)\n" + cell)
+        # the marker comes from another thread: an interrupt must not land in the main thread's own output path
+        mid = kc.execute("import threading\nthreading.Thread(target=print, args=('inside',), kwargs=dict(flush=True)).start()\n" + cell)
         wait_msg(kc, lambda m: m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == mid)
         km.interrupt_kernel()
         reply = shell_reply(kc, mid, timeout=min(TIMEOUT, 10))["content"]
@@ -99,8 +101,7 @@ def test_one_toolkit_at_a_time(gui):
     "A second toolkit while one runs is a clear error (the first keeps running); `%gui asyncio` is accepted quietly."
     tk,display,km,kc = gui
     other = "tk" if tk == "qt" else "qt"
-    out = ok(kc, f"%gui {other}")
-    assert "%gui" in text(out, "stderr") and tk.capitalize() in text(out, "stderr"), text(out, "stderr")
+    assert text(ok(kc, f"%gui {other}"), "stderr"), "an error message"
     out = ok(kc, "%gui asyncio")
     assert text(out, "stderr") == ""
     n0 = int(value(kc, "ticks[0]"))
@@ -109,7 +110,8 @@ def test_one_toolkit_at_a_time(gui):
 
 @pytest.mark.parametrize("tk", ["qt", "tk"])
 def test_shutdown_with_window_is_prompt(tk, kernel_name):
-    "A kernel with a window open shuts down (process gone) within a couple of seconds."
+    """A kernel with a window open shuts down (process gone, window gone) within 3 s.
+    ipykernel 7 with a Tk window open took the client's full 10 s here."""
     r,w = os.pipe()
     x = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"], pass_fds=(w,),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
