@@ -1,5 +1,5 @@
 "End to end through real front ends: a notebook run by nbclient, and a session in jupyter console, each on ipymini and ipykernel."
-import os, re, sys, time, pytest, nbformat
+import os, re, sys, time, pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_notebook, new_code_cell
 
