@@ -1,7 +1,8 @@
 "IPython's side of the kernel: one InteractiveShell, and execute, complete, inspect, is_complete and history on it."
-import asyncio, builtins, getpass, os, sys
+import asyncio, builtins, getpass, os, sys, threading
 from contextvars import ContextVar
 from IPython.core import page
+from IPython.core.async_helpers import _asyncio_runner
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
@@ -11,9 +12,11 @@ from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
 try: from IPython.core.completer import provisionalcompleter, rectify_completions
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
-from .capture import SUB
+from traitlets.config import Config
+from .capture import PARENT, SUB, current_parent, main_parent
 from .procs import env_flag
 from .debug import CellCompiler
+from . import eventloops
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
@@ -108,9 +111,30 @@ class MiniShell(InteractiveShell):
         self.last_tb = stb
         self.display_pub.send("error", dict(ename=etype.__name__, evalue=str(evalue), traceback=stb))
 
-    def enable_gui(self, gui=None):
-        if gui not in (None, "inline"): print(f"ipymini runs no GUI event loop; %gui {gui} is ignored", file=sys.stderr)
+    async def run_code(self, code_obj, result=None, *, async_=False):
+        "A statement without top-level `await` runs with the kernel's loop parked: `asyncio.run` works in it, as in a terminal."
+        if async_: return await super().run_code(code_obj, result, async_=True)
+        with eventloops.park(): return await super().run_code(code_obj, result, async_=False)  # no await inside: runs at once
 
+    def enable_gui(self, gui=None):
+        "Run toolkit `gui`'s event loop on the main thread while the parent subshell waits (`%gui`, `%matplotlib qt`); None stops it."
+        eventloops.enable_gui(self.kernel.subs.parent, gui)
+
+    # ipykernel's shell API, for libraries (README lists who calls what): the request that output belongs to is PARENT
+    def get_parent(self): return current_parent()
+    def set_thread_parent(self, parent): return PARENT.set(as_msg(parent))
+    def reset_thread_parent(self, token): PARENT.reset(token)
+    def set_parent(self, parent):
+        "Output from here on goes to `parent`; on the main thread, so does output that has no other home (as in ipykernel)."
+        PARENT.set(as_msg(parent))
+        if threading.current_thread() is threading.main_thread(): main_parent[0] = as_msg(parent)
+
+def as_msg(parent):
+    "ipykernel's parent setters take a request or just its header; ours keep the request."
+    return parent if not parent or "header" in parent else dict(header=parent)
+
+# the class name libraries test to know they run in a notebook kernel (rich, huggingface_hub, plotly, transformers...)
+MiniShell.__name__ = MiniShell.__qualname__ = "ZMQInteractiveShell"
 InteractiveShellABC.register(MiniShell)
 
 class KernelBridge:
@@ -118,11 +142,14 @@ class KernelBridge:
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
         from .profile import load_config, profile_dir
-        self.ip = MiniShell.instance(config=load_config(), profile_dir=profile_dir(), kernel=kernel,
+        cfg = load_config() or Config()
+        if "IPKernelApp" not in cfg: cfg.IPKernelApp = Config()  # libraries test `'IPKernelApp' in get_ipython().config` too
+        self.ip = MiniShell.instance(config=cfg, profile_dir=profile_dir(), kernel=kernel,
             display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
+        eventloops.install()
         # IPython commits history on its own thread after every cell, holding a lock the next cell's store waits on
         # (about 1 ms of a 2 ms round trip); we batch those commits to 0.1 s after the last cell instead
         hm,self.save_soon,self.save_flag = self.ip.history_manager,None,None
@@ -154,8 +181,10 @@ class KernelBridge:
         except Exception: cell,exc = code,sys.exc_info()
         hist,res = store_history and sub is None,None
         try:
-            res = await ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell,
-                preprocessing_exc_tuple=exc, cell_id=cell_id)
+            coro = ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell, preprocessing_exc_tuple=exc, cell_id=cell_id)
+            if ip.loop_runner is _asyncio_runner or not ip.should_run_async(code, transformed_cell=cell, preprocessing_exc_tuple=exc): res = await coro
+            else:  # `%autoawait trio` (curio, a runner of the user's): the runner runs the whole cell, with our loop parked
+                with eventloops.park(), eventloops.plain_sigint(): res = ip.loop_runner(coro)
         finally:
             ip.events.trigger("post_execute")
             if not silent: ip.events.trigger("post_run_cell", res)
