@@ -107,8 +107,7 @@ def start_with(kernel_name, tmp_path, **conn):
     pub,sec = zmq.curve_keypair()
     info = dict(ip="127.0.0.1", transport="tcp", shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0, key="k",
         signature_scheme="hmac-sha256", curve_publickey=pub.decode(), curve_secretkey=sec.decode())
-    for i,p in enumerate(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")):
-        with socket_port() as n: info[p] = n
+    for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"): info[p] = free_port()
     (f := tmp_path / "conn.json").write_text(json.dumps({**info, **conn}))
     argv = [a.replace("{connection_file}", str(f)) for a in KernelSpecManager().get_kernel_spec(kernel_name).argv]
     p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -118,14 +117,11 @@ def start_with(kernel_name, tmp_path, **conn):
         p.wait()
         return None
 
-class socket_port:
-    "A free TCP port on localhost."
-    def __enter__(self):
-        import socket
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
-    def __exit__(self, *a): self.s.close()
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 @pytest.mark.parametrize("bad", [dict(curve_secretkey="not a key"), dict(curve_publickey=zmq.curve_keypair()[0].decode()),
     dict(curve_publickey=None)], ids=["malformed", "mismatched", "half"])
@@ -145,11 +141,10 @@ def test_handover(km, kc):
     assert first.poll(TIMEOUT * 1000)
     kc.session.recv(first)
     second = raw(km, zmq.DEALER, "shell", identity=ident)
-    msg = kc.session.msg("kernel_info_request")
     end = time.monotonic() + TIMEOUT
     while not second.poll(200):  # the new connection may not be set up yet when the first request goes: ask again until answered
         assert time.monotonic() < end, "the reconnected client got no reply"
-        kc.session.send(second, msg := kc.session.msg("kernel_info_request"))
+        kc.session.send(second, kc.session.msg("kernel_info_request"))
     _,reply = kc.session.recv(second)
     assert reply["msg_type"] == "kernel_info_reply"
     first.close()
@@ -258,7 +253,6 @@ fronts = [("ipc", ["--transport=ipc"], dict(transport="ipc")),
 @pytest.mark.parametrize("how,args,traits", fronts, ids=[f[0] for f in fronts])
 def test_nbclient(kernel_name, tmp_path, how, args, traits):
     "A notebook with output, a display, an error and stdin refused, run by nbclient over ipc and over CurveZMQ."
-    import nbformat
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
     nb = new_notebook(cells=[new_code_cell(c) for c in ["print(6*7)", "from IPython.display import HTML\nHTML('<b>x</b>')",
