@@ -1,5 +1,5 @@
 "ZMQ sockets and the threads that own them: an outbox per socket, the shell/control/stdin loop, IOPub's publisher."
-import ctypes, logging, os, queue, threading, time
+import ctypes, logging, os, queue, signal, threading, time
 from collections import deque
 import zmq
 
@@ -7,6 +7,10 @@ log = logging.getLogger("ipymini")
 IOPUB_HWM   = 1000   # messages queued per IOPub subscriber (libzmq's default): readers never lose, so depth only smooths bursts
 PATIENCE    = 5.0    # seconds a full subscriber may go without taking a message before it is skipped (> a 3 s pause)
 REPLY_HWM   = 10_000 # replies queued per shell/control/stdin client that reads late; the client's own queue and the OS add more
+
+def block_signals():
+    "SIGINT and SIGTERM are for the main thread (see `Kernel.__init__`); a thread started later from one that takes them blocks them."
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 def curve_keys(conn) -> tuple:
     "The connection file's CurveZMQ `(public, secret)` keys as bytes, or None; a malformed or mismatched pair is a ValueError."
@@ -162,6 +166,7 @@ class Worker:
     def put(self, fn, arg): self.q.put((fn, arg))
 
     def run(self):
+        block_signals()  # a fresh worker may be started from a thread that takes them
         try: self.serve()
         except KeyboardInterrupt: pass  # an interrupt that came just as the abandoned job ended
 

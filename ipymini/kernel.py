@@ -4,7 +4,7 @@ from contextlib import contextmanager
 import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
-from .channels import IOPub, REPLY_HWM, SockThread, Worker, curve_keys
+from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
 from .session import Session, now
 from .procs import banner, end_children, env_flag, usage, watch_parent
 
@@ -357,10 +357,14 @@ class Kernel:
         self.unanswered(req, KeyboardInterrupt("interrupted"))
         self.idle_once(req)
 
+    def sigint_introspection(self):
+        "`stop_introspection` for SIGINT, on a thread of its own: the main thread may hold the lock a reply takes."
+        block_signals()
+        self.stop_introspection()
+
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
-        # not here: this thread may hold the lock a reply takes
-        if self.introspector.job: threading.Thread(target=self.stop_introspection, daemon=True, name="ipymini-sigint").start()
+        if self.introspector.job: threading.Thread(target=self.sigint_introspection, daemon=True, name="ipymini-sigint").start()
         if self.subs is None: return
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
