@@ -1,7 +1,10 @@
 "ZMQ sockets and the threads that own them: an outbox per socket, the shell/control/stdin loop, IOPub's publisher."
-import logging, os, threading, time
+import logging, os, threading
 from collections import deque
+from os import read, write
+from time import monotonic, sleep  # bound now, as `read`/`write`: the kernel's threads must not use what user code rebinds
 import zmq
+from .procs import headroom
 
 log = logging.getLogger("ipymini")
 
@@ -17,12 +20,12 @@ class Outbox:
         self.q.append(item)
         if not self.signalled:
             self.signalled = True
-            os.write(self.w, b"!")
+            write(self.w, b"!")
 
     def take(self):
         "Yield what is queued until the queue stays empty; the flag is reset only before a last look, so no put is missed."
         # while the owner works through the queue, puts skip the pipe write (and the GIL hand-off it costs per message)
-        try: os.read(self.r, 4096)
+        try: read(self.r, 4096)
         except BlockingIOError: pass
         while True:
             while self.q:
@@ -60,17 +63,19 @@ class SockThread(threading.Thread):
             for s,_ in poller.poll():
                 if s is self.sock: self.drain_in()
                 else:
-                    for frames in self.outbox.take():
-                        if frames is None: return self.sock.close(linger=200)
-                        try: self.send_frames(frames)
-                        except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
+                    with headroom():  # serializing must not fail under a recursion limit user code lowered
+                        for frames in self.outbox.take():
+                            if frames is None: return self.sock.close(linger=200)
+                            try: self.send_frames(frames)
+                            except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
 
     def drain_in(self):
         while True:
             try: frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again: return
             try: self.serve_fn(self.sock, frames)
-            except Exception: log.exception("%s: error handling a message", self.name)
+            except Exception:
+                with headroom(): log.exception("%s: error handling a message", self.name)
 
 class IOPub(SockThread):
     "Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65)."
@@ -88,10 +93,10 @@ class IOPub(SockThread):
         msg = self.kernel.session.msg(msg_type, content, parent, metadata)
         if buffers: msg["buffers"] = buffers
         frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        end = time.monotonic() + 10
+        end = monotonic() + 10
         while True:
             try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, 10 s at most
-                if time.monotonic() > end: break
-                if self.sock.poll(50, zmq.POLLOUT): time.sleep(0.001)  # POLLOUT can say ready before there is room
-        print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)
+                if monotonic() > end: break
+                if self.sock.poll(50, zmq.POLLOUT): sleep(0.001)  # POLLOUT can say ready before there is room
+        log.warning("IOPub client too slow; dropped a %s message", msg_type)
