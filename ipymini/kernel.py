@@ -7,7 +7,7 @@ from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
 from .channels import IOPub, SockThread
 from .session import Session, now
-from .procs import banner, end_children, env_flag, headroom, plain_tb, safe_str, usage, watch_parent
+from .procs import banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
 DEBUG = env_flag("IPYMINI_DEBUG", False)
@@ -137,6 +137,7 @@ class Kernel:
             with headroom():  # what failed may be a RecursionError under a limit user code set: logging and replying must not
                 log.exception("error handling %s", req.msg_type)
                 self.unanswered(req, e)
+        finally: release_import_lock()
 
     # --- dispatch
     @contextmanager
@@ -316,10 +317,11 @@ class Kernel:
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
+        if self.exiting: raise KeyboardInterrupt  # an atexit handler that hangs (see run_atexit)
         if self.subs is None: return
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
-        if self.subs.parent.running or self.exiting: raise KeyboardInterrupt
+        if self.subs.parent.running: raise KeyboardInterrupt
 
     def dump_stacks(self, sig=None, frame=None):
         "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
@@ -387,6 +389,7 @@ class Kernel:
 
     def finish(self):
         if signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
+        if sys.getrecursionlimit() < 1000: sys.setrecursionlimit(1000)  # exiting: the user's limit must not stop the clean-up
         self.run_atexit()
         end_children()
         if (debug := sys.modules.get("ipymini.debug")) is not None: debug.cleanup()  # the cell files dumpCell wrote

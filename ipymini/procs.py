@@ -1,5 +1,5 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
-import logging, os, signal, sys, threading, time
+import _imp, logging, os, signal, sys, threading, time
 from contextlib import contextmanager
 
 log = logging.getLogger("ipymini")
@@ -19,6 +19,13 @@ def headroom(frames=1000):
         if lim < frames and sys.getrecursionlimit() == frames:
             try: sys.setrecursionlimit(lim)  # the user's limit again (refused if we are deeper than it)
             except RecursionError: pass
+
+def release_import_lock():
+    """A RecursionError inside importlib (under a limit user code lowered) can leave this thread holding the global import
+    lock: every other thread's next import would wait for ever. Between requests this thread imports nothing: let it go."""
+    while _imp.lock_held():
+        try: _imp.release_lock()
+        except RuntimeError: return  # held by another thread, which is importing right now
 
 def safe_str(e) -> str:
     "`str(e)`, or a placeholder when the exception's `__str__` raises or recurses."

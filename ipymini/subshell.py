@@ -1,7 +1,7 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from .capture import SUB
-from .procs import headroom
+from .procs import headroom, release_import_lock
 
 log = logging.getLogger("ipymini")
 STOP = object()
@@ -54,6 +54,7 @@ class Subshell:
             except BaseException as e: self.failed(req, e)
             self.task = self.req = None  # not in a `finally`: if failed() itself raises, run() answers `req`
             uncancel(asyncio.current_task())
+            release_import_lock()
         self.done = True
 
     def failed(self, req, e):
