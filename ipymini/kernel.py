@@ -248,8 +248,7 @@ class Kernel:
     def user_done(self, sub):
         "User code has left the stack: the kernel's own SIGINT handler is back if the cell replaced it."
         sub.running = False
-        if sub is self.subs.parent and signal.getsignal(signal.SIGINT) != self.on_sigint:
-            signal.signal(signal.SIGINT, self.on_sigint)
+        if sub is self.subs.parent and signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
 
     def abort(self, req):
         "An `aborted` execute reply, with busy/idle around it; no execution_count (JupyterLab would show it)."

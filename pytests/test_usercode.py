@@ -1,6 +1,6 @@
 """What user code does to the kernel it runs in: contextvars across cells, unprintable errors, debugger prompts, rebound
 builtins and hooks, signal handlers, atexit at shutdown, forked children. User code may break its own cells, never the kernel."""
-import os, re, signal, subprocess, sys, tempfile, time, pytest
+import os, re, signal, subprocess, sys, time, pytest
 from kutils import run, request, shell_reply, iopub_until_idle, start_kernel, types, text, drain, TIMEOUT
 from test_subshells import create, delete, execute
 
@@ -53,7 +53,8 @@ def test_subshells_keep_their_own_context(kc):
     finally: delete(kc, sid)
 
 def test_output_routing_in_a_persistent_context(kc):
-    "With one context for all cells, a thread and a task started in a cell still print into that cell, later cells into theirs."
+    """With one context for all cells, a thread and a task started in a cell still print into that cell, later cells into
+    theirs. ipykernel 7.4 puts the thread's line into whichever cell runs when it prints (here the second)."""
     first = kc.execute("import asyncio, threading\ngo = threading.Event()\n"
         "threading.Thread(target=lambda: (go.wait(10), print('from thread'))).start()\n"
         "async def later():\n    await asyncio.sleep(0.3)\n    print('from task')\ntask = asyncio.ensure_future(later())\nprint('first')")
@@ -126,21 +127,19 @@ def test_interrupt_ends_debugger_prompt(kernel_name, kind, how):
 
 # --- 4. rebinding builtins, streams, hooks and library functions breaks cells, never the kernel
 
-rebinds = dict(print_raises="import builtins; builtins.print = lambda *a, **k: 1/0",
-    print_none="import builtins; builtins.print = None",
-    print_recurses="import builtins; builtins.print = lambda *a, **k: print(*a, **k)",
-    streams_none="import sys; sys.stdout = sys.stderr = None",
-    streams_other="import sys, io; sys.stdout = sys.stderr = io.StringIO()",
+rebinds = dict(print_raises="import builtins; builtins.print = lambda *a, **k: 1/0", print_none="import builtins; builtins.print = None",
+    print_recurses="import builtins; builtins.print = lambda *a, **k: print(*a, **k)", streams_none="import sys; sys.stdout = sys.stderr = None",
+    streams_other="import sys, io; sys.stdout = sys.stderr = io.StringIO()", json="import json; json.dumps = json.loads = lambda *a, **k: 1/0",
     hooks="import sys, threading; sys.excepthook = sys.displayhook = threading.excepthook = None",
-    json="import json; json.dumps = json.loads = lambda *a, **k: 1/0",
     clock="import time; time.monotonic = time.time = time.perf_counter = lambda: 1.0",
-    os_io="import os, select; os.write = os.read = select.select = None",
-    recursion_limit="import sys; sys.setrecursionlimit(30)")
+    os_io="import os, select; os.write = os.read = select.select = None", recursion_limit="import sys; sys.setrecursionlimit(30)")
 
 @pytest.mark.parametrize("kind", list(rebinds))
 def test_rebinding_never_breaks_the_kernel(kernel_name, kind, tmp_path):
     """After a cell rebinds something the kernel could depend on, every request still gets a reply (the cells themselves
-    may fail) and the kernel shuts down cleanly."""
+    may fail) and the kernel shuts down cleanly. ipykernel 7.4 stops answering after `sys.stdout = None` and after
+    `json.dumps` is rebound (its replies are serialized with it), and at a recursion limit of 30 it never replies to a
+    request again; ipymini binds what its threads use at import and gives its own reply path headroom."""
     with open(tmp_path / "err.txt", "w") as err, start_kernel(kernel_name, stderr=err) as (km,kc):
         pid = km.provisioner.process.pid
         run(kc, rebinds[kind], timeout=10)
@@ -161,7 +160,9 @@ handlers = dict(default_int_handler="h = signal.default_int_handler", ignore="h 
 @pytest.mark.parametrize("handler", list(handlers))
 def test_every_request_answered_once_under_interrupts(kernel_name, handler):
     """200 queued cells, each installing the user's SIGINT handler, while interrupts arrive by signal and by message:
-    every cell gets exactly one reply (ok, error or aborted), and afterwards the kernel's own interrupt handling works."""
+    every cell gets exactly one reply (ok, error or aborted), and afterwards the kernel's own interrupt handling works.
+    ipykernel 7.4 leaves requests unanswered with each handler (an interrupt landing in its reply path), so a client
+    waits for ever; ipymini puts its own handler back as soon as the cell's code has run."""
     with start_kernel(kernel_name) as (km,kc):
         assert run(kc, "import signal\n" + handlers[handler])[0]["status"] == "ok"
         cell = "signal.signal(signal.SIGINT, h)\nx = sum(range(20000))"
@@ -202,7 +203,8 @@ def shut(km, kc, how):
 
 @pytest.mark.parametrize("how", ["shutdown_request", "sigterm", "exit"])
 def test_atexit_runs_at_shutdown(kernel_name, how, tmp_path):
-    "The user's atexit handler runs whichever way the kernel is told to stop, and the kernel is gone within 2 s."
+    """The user's atexit handler runs whichever way the kernel is told to stop, and the kernel is gone within 2 s.
+    ipykernel 7.4 installs no SIGTERM handler, so SIGTERM kills it without running the handler (the user's data is lost)."""
     with start_kernel(kernel_name) as (km,kc):
         pid = km.provisioner.process.pid
         register_save(kc, tmp_path / "saved")
@@ -214,7 +216,8 @@ def test_atexit_runs_at_shutdown(kernel_name, how, tmp_path):
     assert took < 2
 
 def test_atexit_runs_when_parent_dies(kernel_name, tmp_path):
-    "A kernel whose launcher (JPY_PARENT_PID) is SIGKILLed runs the user's atexit handlers as it exits."
+    """A kernel whose launcher (JPY_PARENT_PID) is SIGKILLed runs the user's atexit handlers as it exits. ipykernel 7.4
+    exits without running them."""
     script = tmp_path / "launcher.py"
     script.write_text("import sys, time\nfrom jupyter_client import KernelManager\n"
         f"km = KernelManager(kernel_name={kernel_name!r}); km.start_kernel()\n"
@@ -289,7 +292,7 @@ def test_fork_pool(kcf):
 def test_os_fork_child(kcf):
     "A child made by `os.fork()` prints through its fds, has default signal handlers, and exits without kernel noise."
     code = ("import os, signal\npid = os.fork()\nif pid == 0:\n"
-        "    print('child', signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)\n"
+        "    print(f'child {signal.getsignal(signal.SIGINT) is signal.default_int_handler} {signal.getsignal(signal.SIGTERM) == signal.SIG_DFL}\\n', end='')\n"
         "    os._exit(0)\nos.waitpid(pid, 0); print('parent')")
     reply,outs = run(kcf, code)
     _,more = run(kcf, "import time; time.sleep(0.3)")
