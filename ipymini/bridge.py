@@ -1,5 +1,5 @@
 "IPython's side of the kernel: one InteractiveShell, and execute, complete, inspect, is_complete and history on it."
-import asyncio, builtins, getpass, os, sys
+import asyncio, builtins, getpass, os, sys, threading
 from contextvars import ContextVar
 from IPython.core import page
 from IPython.core.autocall import ZMQExitAutocall
@@ -11,7 +11,8 @@ from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
 try: from IPython.core.completer import provisionalcompleter, rectify_completions
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, CBool, Instance, default
-from .capture import SUB
+from traitlets.config import Config
+from .capture import PARENT, SUB, current_parent, main_parent
 from .procs import env_flag, headroom, plain_tb, safe_str
 from .debug import CellCompiler
 
@@ -122,6 +123,21 @@ class MiniShell(InteractiveShell):
     def enable_gui(self, gui=None):
         if gui not in (None, "inline"): print(f"ipymini runs no GUI event loop; %gui {gui} is ignored", file=sys.stderr)
 
+    # ipykernel's shell API, for libraries (README lists who calls what): the request that output belongs to is PARENT
+    def get_parent(self): return current_parent()
+    def set_thread_parent(self, parent): return PARENT.set(as_msg(parent))
+    def reset_thread_parent(self, token): PARENT.reset(token)
+    def set_parent(self, parent):
+        "Output from here on goes to `parent`; on the main thread, so does output that has no other home (as in ipykernel)."
+        PARENT.set(as_msg(parent))
+        if threading.current_thread() is threading.main_thread(): main_parent[0] = as_msg(parent)
+
+def as_msg(parent):
+    "ipykernel's parent setters take a request or just its header; ours keep the request."
+    return parent if not parent or "header" in parent else dict(header=parent)
+
+# the class name libraries test to know they run in a notebook kernel (rich, huggingface_hub, plotly, transformers...)
+MiniShell.__name__ = MiniShell.__qualname__ = "ZMQInteractiveShell"
 InteractiveShellABC.register(MiniShell)
 
 class InterruptiblePdb:
@@ -158,7 +174,9 @@ class KernelBridge:
     def __init__(self, ask, kernel=None, **shell_kw):
         self.ask = ask
         from .profile import load_config, profile_dir
-        self.ip = MiniShell.instance(config=load_config(), profile_dir=profile_dir(), kernel=kernel,
+        cfg = load_config() or Config()
+        if "IPKernelApp" not in cfg: cfg.IPKernelApp = Config()  # libraries test `'IPKernelApp' in get_ipython().config` too
+        self.ip = MiniShell.instance(config=cfg, profile_dir=profile_dir(), kernel=kernel,
             display_pub_class=Publisher, displayhook_class=Hook, compiler_class=CellCompiler, **shell_kw)
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides

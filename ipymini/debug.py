@@ -28,7 +28,7 @@ def murmur2(data:bytes, seed=SEED) -> int:
     h = (h ^ h >> 13) * m & 0xFFFFFFFF
     return h ^ h >> 15
 
-def tmp_dir() -> str: return os.path.join(tempfile.gettempdir(), f"ipymini_{os.getpid()}")
+def tmp_dir() -> str: return os.path.join(tempfile.gettempdir(), f"ipykernel_{os.getpid()}")  # the name clients and sanitizers look for
 def cleanup():
     import shutil
     shutil.rmtree(tmp_dir(), ignore_errors=True)
@@ -157,6 +157,13 @@ def load_debugpy():
     import debugpy.server.api
     return debugpy
 
+def listening():
+    "Where pydevd listens: debugpy before 1.8.22 returns nothing from an in-process `listen`, so ask pydevd."
+    from _pydevd_bundle.pydevd_constants import get_global_debugger
+    db = get_global_debugger()
+    db.wait_for_server_socket_ready()
+    return db._server_socket_name
+
 class Debugger:
     "Answers a `debug_request`'s DAP request with a DAP response; pydevd, in this process, does the debugging."
     def __init__(self, kernel):
@@ -199,7 +206,7 @@ class Debugger:
         "Start pydevd listening on localhost, in process (no adapter subprocess), and connect to it."
         hide_kernel_threads()
         debugpy = load_debugpy()
-        self.link = Link(debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True), self.track, self.publish)
+        self.link = Link(debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True) or listening(), self.track, self.publish)
         self.kernel.bridge.ip.events.register("pre_execute", self.retrace)
 
     def retrace(self):

@@ -187,9 +187,15 @@ class Kernel:
         tn = req.c.get("target_name")
         req.reply(status="ok", comms={k: dict(target_name=c.target_name) for k,c in list(comms) if tn is None or c.target_name == tn})
 
+    # ipykernel's kernel API, for libraries that reach `get_ipython().kernel` (README lists who calls what)
+    @property
+    def shell(self): return None if self.bridge is None else self.bridge.ip
     def get_parent(self, channel=None):
-        "The request being served here; ipywidgets' Output widget reads it to capture output from comm callbacks."
+        "The request being served here, whichever `channel` is named; ipywidgets' Output widget reads it to capture output from comm callbacks."
         return current_parent()
+    def set_parent(self, ident, parent, channel="shell"):
+        "Output from here on belongs to `parent`; `ident` is unused: a request keeps its client's routing ids for input()."
+        self.shell.set_parent(parent)
 
     def safe(self, f, *args, **kw):
         "The reply content of `f(...)`, or an error reply naming what went wrong in it."

@@ -56,8 +56,7 @@ def drop_bad(cfg):
     return cfg
 
 def checked(cfg):
-    "`cfg` with ipykernel's shell section read as ours (more specific than `InteractiveShell`, as there) and bad values left out."
-    if "ZMQInteractiveShell" in cfg: cfg.MiniShell.merge(cfg.pop("ZMQInteractiveShell"))  # MiniShell: bridge.py's shell class
+    "`cfg` with bad values left out; `ZMQInteractiveShell.*` settings apply as they are: bridge.py's shell class has that name."
     return drop_bad(cfg)
 
 def find_profile(ipdir, name, cfg):

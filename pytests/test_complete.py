@@ -120,7 +120,7 @@ def test_env_flags_turn_off_jedi_and_types(kernel_name):
 cases = {"x = 1": "complete", "for i in range(3):": "incomplete", "def f():\n    if x:": "incomplete", "1 +": "invalid",
     "a = (": "incomplete", "x = [1,\n": "incomplete", "print('hi'": "incomplete", "x\\": "incomplete", "@": "invalid",
     "x = 1\n\n": "complete", "if True:\n    pass\n": "complete", "%time": "complete", "%time x = 1": "complete",
-    "!ls": "complete", "%%time": "incomplete", "%%time\nx = 1": "incomplete", "x = 1\n\n\n": "complete", "def (": "incomplete"}
+    "!ls": "complete", "%%time": "incomplete", "%%time\nx = 1": "incomplete", "x = 1\n\n\n": "complete", "def f(": "incomplete"}
 indents = {"for i in range(3):": "    ", "def f():\n    if x:": "        ", "a = (": "", "%%time": ""}
 
 def test_is_complete(kc):

@@ -223,6 +223,6 @@ def test_bad_config_values_are_skipped(kernel_name, tmp_path):
     write(tmp_path/"ipd"/"profile_default"/"ipython_kernel_config.py", 'c.InteractiveShell.xmode = "NoSuchMode"\n'
         'c.InteractiveShell.cache_size = 555\nc.IPKernelApp.exec_lines = 3\nc.InteractiveShellApp.exec_lines = ["ok_line = 1"]\n')
     with logged_kernel(kernel_name, tmp_path, ["--cache-size=notanumber", "--InteractiveShell.colors=nocolor"]) as kc:
-        assert out(kc, "ip = get_ipython()\nprint(ip.displayhook.cache_size, ip.colors, ok_line)").strip() == "555 nocolor 1"
+        assert out(kc, "ip = get_ipython()\nprint(ip.displayhook.cache_size, ip.colors.lower(), ok_line)").strip() == "555 nocolor 1"
     s = (tmp_path/"stderr.txt").read_text()
     assert "NoSuchMode" in s and "notanumber" in s

@@ -295,4 +295,15 @@ def test_cell_files_removed_at_shutdown(kernel_name, is_ipymini):
     with start_kernel(kernel_name) as (km,kc):
         path = Dap(kc).start()("dumpCell", code="x = 1\n")["body"]["sourcePath"]
         assert os.path.exists(path)
+        assert os.path.basename(os.path.dirname(path)) == f"ipykernel_{km.provisioner.process.pid}"
     assert not os.path.exists(os.path.dirname(path))
+
+def test_cells_named_as_ipykernel_names_them(kc):
+    """A warning raised in a cell names the cell's file as ipykernel does, `<tmp>/ipykernel_<pid>/<murmur2 of the code>.py`:
+    JupyterLab's debugger panel shows a source as a cell only when its path holds `ipykernel_`, and nbval sanitizers match it."""
+    from ipymini.debug import murmur2
+    code = "import os, tempfile, warnings\nwarnings.warn('careful')\nprint(tempfile.gettempdir(), os.getpid())"
+    reply,outs = run(kc, code)
+    tmp,pid = text(outs).split()
+    want = os.path.join(tmp, f"ipykernel_{pid}", f"{murmur2(code.encode())}.py")
+    assert f"{want}:2: UserWarning: careful" in text(outs, "stderr")
