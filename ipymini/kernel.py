@@ -303,9 +303,10 @@ class Kernel:
         parent = current_parent()
         req_msg = self.session.msg("input_request", dict(prompt=prompt, password=password), parent)
         mid,box,ev = req_msg["header"]["msg_id"],[],threading.Event()
-        self.waiting[mid] = box,ev,threading.current_thread()
-        self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
-        try: ev.wait()
+        try:  # all inside: an interrupt landing before the wait must not leave this request waiting for the next input_reply
+            self.waiting[mid] = box,ev,threading.current_thread()
+            self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
+            ev.wait()
         except KeyboardInterrupt: box[:] = [KeyboardInterrupt]
         finally: self.waiting.pop(mid, None)
         if box[0] is KeyboardInterrupt: raise KeyboardInterrupt("Interrupted by user") from None

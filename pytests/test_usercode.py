@@ -142,11 +142,11 @@ def test_rebinding_never_breaks_the_kernel(kernel_name, kind, tmp_path):
     request again; ipymini binds what its threads use at import and gives its own reply path headroom."""
     with open(tmp_path / "err.txt", "w") as err, start_kernel(kernel_name, stderr=err) as (km,kc):
         pid = km.provisioner.process.pid
-        run(kc, rebinds[kind], timeout=10)
-        for code in ["1+1", "print('x')", "1/0", "import os; os.getpid()"]: run(kc, code, timeout=10)
+        run(kc, rebinds[kind])
+        for code in ["1+1", "print('x')", "1/0", "import os; os.getpid()"]: run(kc, code)  # a 1000-frame traceback takes seconds
         for t,kw in [("kernel_info_request", {}), ("complete_request", dict(code="imp", cursor_pos=3)),
             ("inspect_request", dict(code="len", cursor_pos=3)), ("is_complete_request", dict(code="for"))]:
-            assert request(kc, t, timeout=20, **kw)["content"]["status"] in ("ok", "error", "complete", "incomplete", "invalid")
+            assert request(kc, t, **kw)["content"]["status"] in ("ok", "error", "complete", "incomplete", "invalid")
         assert km.is_alive()
         request(kc, "shutdown_request", "control", restart=False)
         assert gone(pid, 5)
