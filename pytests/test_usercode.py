@@ -120,9 +120,9 @@ def test_interrupt_ends_debugger_prompt(kernel_name, kind, how):
         assert kc.get_stdin_msg(timeout=TIMEOUT)["msg_type"] == "input_request"
         if how == "signal": km.interrupt_kernel()
         else: request(kc, "interrupt_request", "control")
-        assert shell_reply(kc, mid, timeout=10)["content"]["status"] == "ok"
+        assert shell_reply(kc, mid)["content"]["status"] == "ok"
         iopub_until_idle(kc, mid)
-        reply,outs = run(kc, "1+1", timeout=10)
+        reply,outs = run(kc, "1+1")
         assert reply["status"] == "ok" and outs[-1]["content"]["data"]["text/plain"] == "2"
 
 # --- 4. rebinding builtins, streams, hooks and library functions breaks cells, never the kernel
