@@ -191,8 +191,11 @@ class Kernel:
         self.status("busy", req.msg)
         try:
             if not self.missing(req): self.shell_handlers[req.msg_type](req)
-        except BaseException as e: self.unanswered(req, e)
-        finally: self.idle_once(req)
+        except BaseException as e:
+            with headroom(): self.unanswered(req, e)  # a RecursionError under a limit user code lowered must not stop the reply
+        finally:
+            self.idle_once(req)
+            release_import_lock()
 
     def idle_once(self, req):
         with self.once:
