@@ -2,6 +2,7 @@
 import asyncio, builtins, getpass, os, sys, threading
 from contextvars import ContextVar
 from IPython.core import page
+from IPython.core.async_helpers import _asyncio_runner
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
@@ -15,6 +16,7 @@ from traitlets.config import Config
 from .capture import PARENT, SUB, current_parent, main_parent
 from .procs import env_flag
 from .debug import CellCompiler
+from . import eventloops
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
@@ -109,8 +111,14 @@ class MiniShell(InteractiveShell):
         self.last_tb = stb
         self.display_pub.send("error", dict(ename=etype.__name__, evalue=str(evalue), traceback=stb))
 
+    async def run_code(self, code_obj, result=None, *, async_=False):
+        "A statement without top-level `await` runs with the kernel's loop parked: `asyncio.run` works in it, as in a terminal."
+        if async_: return await super().run_code(code_obj, result, async_=True)
+        with eventloops.park(): return await super().run_code(code_obj, result, async_=False)  # no await inside: runs at once
+
     def enable_gui(self, gui=None):
-        if gui not in (None, "inline"): print(f"ipymini runs no GUI event loop; %gui {gui} is ignored", file=sys.stderr)
+        "Run toolkit `gui`'s event loop on the main thread while the parent subshell waits (`%gui`, `%matplotlib qt`); None stops it."
+        eventloops.enable_gui(self.kernel.subs.parent, gui)
 
     # ipykernel's shell API, for libraries (README lists who calls what): the request that output belongs to is PARENT
     def get_parent(self): return current_parent()
@@ -141,6 +149,7 @@ class KernelBridge:
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
+        eventloops.install()
         # IPython commits history on its own thread after every cell, holding a lock the next cell's store waits on
         # (about 1 ms of a 2 ms round trip); we batch those commits to 0.1 s after the last cell instead
         hm,self.save_soon,self.save_flag = self.ip.history_manager,None,None
@@ -172,8 +181,10 @@ class KernelBridge:
         except Exception: cell,exc = code,sys.exc_info()
         hist,res = store_history and sub is None,None
         try:
-            res = await ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell,
-                preprocessing_exc_tuple=exc, cell_id=cell_id)
+            coro = ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell, preprocessing_exc_tuple=exc, cell_id=cell_id)
+            if ip.loop_runner is _asyncio_runner or not ip.should_run_async(code, transformed_cell=cell, preprocessing_exc_tuple=exc): res = await coro
+            else:  # `%autoawait trio` (curio, a runner of the user's): the runner runs the whole cell, with our loop parked
+                with eventloops.park(), eventloops.plain_sigint(): res = ip.loop_runner(coro)
         finally:
             ip.events.trigger("post_execute")
             if not silent: ip.events.trigger("post_run_cell", res)

@@ -1,6 +1,7 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from .capture import SUB
+from .eventloops import parked
 
 log = logging.getLogger("ipymini")
 STOP = object()
@@ -16,10 +17,13 @@ def sleep(secs):
 
 class WatchedSelector(selectors.DefaultSelector):
     "A selector that knows when its loop is waiting, so an interrupt can tell an awaiting cell from a computing one."
-    waiting = False
+    waiting,gui = False,None  # `gui`: a toolkit (eventloops.py) whose loop runs while this one has nothing to do
     def select(self, timeout=None):
         self.waiting = True
-        try: return super().select(timeout)
+        try:
+            if self.gui is None or timeout == 0 or threading.get_ident() in parked: return super().select(timeout)
+            # our fd (epoll) is readable while any registered fd is: the toolkit runs until then or asyncio's next timer
+            return super().select(0) or self.gui.wait(self.fileno(), timeout) or super().select(0)
         finally: self.waiting = False
 
 class Subshell:
@@ -29,7 +33,7 @@ class Subshell:
         self.sel = WatchedSelector()
         self.loop = asyncio.SelectorEventLoop(self.sel)
         self.queue,self.task,self.thread = asyncio.Queue(),None,None
-        self.running,self.abort_before = False,0.0  # `running`: user code may be on the stack (interrupts land only then)
+        self.running,self.abort_before,self.wakeup = False,0.0,None  # `running`: user code may be on the stack (interrupts land only then)
         self.woken = threading.Event()  # set by an interrupt: ends a `time.sleep` in this subshell's cell
 
     def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
@@ -75,11 +79,13 @@ class Subshell:
     def interrupt(self) -> bool:
         "Interrupt running user code: thrown at its `await`, else raised in its thread; False where the caller must raise it."
         if not self.running: return True
-        if self.sel.waiting: self.loop.call_soon_threadsafe(self.throw)
+        t = self.thread or threading.main_thread()
+        # awaiting: our selector waits and no statement of the cell is on the stack (it would be under nest_asyncio's nested run)
+        if self.sel.waiting and t.ident not in parked: self.loop.call_soon_threadsafe(self.throw)
         elif self.thread is None: return False  # the main thread: SIGINT's handler raises it there
         else:
             self.woken.set()
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(KeyboardInterrupt))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(KeyboardInterrupt))
         return True
 
 class SubshellManager:
