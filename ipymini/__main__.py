@@ -9,7 +9,8 @@ def install(args):
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "share", "jupyter", "kernels", "ipymini")
     with tempfile.TemporaryDirectory() as d:
         spec = dict(argv=[sys.executable, "-Xfrozen_modules=off", "-m", "ipymini", "-f", "{connection_file}"],
-            display_name=args.display_name, language="python", interrupt_mode="signal", metadata=dict(debugger=True))
+            display_name=args.display_name, language="python", interrupt_mode="signal", kernel_protocol_version="5.5",
+            metadata=dict(debugger=True, supported_encryption=["curve"]))
         for f in ("logo-32x32.png", "logo-64x64.png"):
             if os.path.exists(p := os.path.join(src, f)): shutil.copy(p, d)
         with open(os.path.join(d, "kernel.json"), "w") as f: json.dump(spec, f, indent=1)
@@ -29,7 +30,8 @@ def run(conn_file, debug=False):
     if debug: os.environ["IPYMINI_DEBUG"] = "1"
     from .kernel import Kernel
     with open(conn_file) as f: conn = json.load(f)
-    k = Kernel(conn)
+    try: k = Kernel(conn)
+    except ValueError as e: sys.exit(f"ipymini: cannot start with {conn_file}: {e}")
     k.log_stream = log_stream
     k.start()
     log_stream.flush()

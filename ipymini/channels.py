@@ -1,9 +1,23 @@
 "ZMQ sockets and the threads that own them: an outbox per socket, the shell/control/stdin loop, IOPub's publisher."
-import logging, os, threading, time
+import ctypes, logging, os, queue, threading, time
 from collections import deque
 import zmq
 
 log = logging.getLogger("ipymini")
+IOPUB_HWM   = 1000   # messages queued per IOPub subscriber (libzmq's default): readers never lose, so depth only smooths bursts
+PATIENCE    = 5.0    # seconds a full subscriber may go without taking a message before it is skipped (> a 3 s pause)
+REPLY_HWM   = 10_000 # replies queued per shell/control/stdin client that reads late; the client's own queue and the OS add more
+
+def curve_keys(conn) -> tuple:
+    "The connection file's CurveZMQ `(public, secret)` keys as bytes, or None; a malformed or mismatched pair is a ValueError."
+    pub,sec = conn.get("curve_publickey"),conn.get("curve_secretkey")
+    if pub is None and sec is None: return None
+    if not (isinstance(pub, str) and isinstance(sec, str)): raise ValueError("curve_publickey and curve_secretkey must both be Z85 strings")
+    if not zmq.has("curve"): raise ValueError("this libzmq has no CURVE support, and the connection file asks for it")
+    try: derived = zmq.curve_public(sec.encode())
+    except (ValueError, zmq.ZMQError) as e: raise ValueError(f"curve_secretkey is not a CurveZMQ secret key: {e}") from None
+    if derived != pub.encode(): raise ValueError("curve_publickey is not the public key of curve_secretkey")
+    return pub.encode(),sec.encode()
 
 class Outbox:
     "Items any thread queues for the one thread that owns a socket; a pipe in that thread's poller wakes it."
@@ -47,9 +61,21 @@ class SockThread(threading.Thread):
     "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."
     def __init__(self, kernel, sock, name, serve=None, most=0):
         super().__init__(daemon=True, name=f"ipymini-{name}")
-        self.kernel,self.sock,self.serve_fn,self.outbox = kernel,sock,serve,Outbox(most)
+        self.kernel,self.sock,self.serve_fn,self.outbox,self.dropped = kernel,sock,serve,Outbox(most),0
 
-    def send_frames(self, frames): self.sock.send_multipart(frames, copy=False)
+    def send_frames(self, frames):
+        "Send without waiting (a ROUTER_MANDATORY router): a reply to a client with `REPLY_HWM` unread ones is dropped and counted."
+        try: self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again: self.dropped += 1
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH: raise
+            log.debug("%s: a reply for a client that has gone", self.name)
+
+    def drained(self):
+        "The outbox is empty: the end of a burst, and of any dropping episode in it, which is logged once, with its count."
+        if self.dropped: log.warning("%s: a client left %d replies unread; %d more were dropped", self.name, REPLY_HWM, self.dropped)
+        self.dropped = 0
+
     def stop(self): self.outbox.put(None)
 
     def run(self):
@@ -64,6 +90,7 @@ class SockThread(threading.Thread):
                         if frames is None: return self.sock.close(linger=200)
                         try: self.send_frames(frames)
                         except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
+                    self.drained()
 
     def drain_in(self):
         while True:
@@ -73,12 +100,16 @@ class SockThread(threading.Thread):
             except Exception: log.exception("%s: error handling a message", self.name)
 
 class IOPub(SockThread):
-    "Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65)."
+    """Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65).
+    A subscriber's queue holds `IOPUB_HWM` messages. While every queue has room, all get everything (XPUB_NODROP). A full
+    queue makes us wait (the cell waits too, through the outbox's bound), so a reader slower than the cell still gets
+    everything; one that takes nothing for `PATIENCE` s is skipped: that message is sent with NODROP off, and libzmq then
+    leaves that subscriber out until it reads again. The count is logged once, when the request it happened in ends."""
     def __init__(self, kernel, sock):
         super().__init__(kernel, sock, "iopub", self.welcome, most=1000)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # a second subscriber to the same topic is welcomed too
         sock.setsockopt(zmq.XPUB_NODROP, 1)   # a full queue is an error we can see, not a silent drop
-        sock.sndhwm = 10_000  # with the outbox's 1000, what a slow client can make us hold is bounded
+        sock.sndhwm = IOPUB_HWM
 
     def welcome(self, sock, frames):
         if frames[0][:1] == b"\x01": self.send_frames(("iopub_welcome", dict(subscription=frames[0][1:].decode(errors="replace")), None, None, None))
@@ -88,10 +119,67 @@ class IOPub(SockThread):
         msg = self.kernel.session.msg(msg_type, content, parent, metadata)
         if buffers: msg["buffers"] = buffers
         frames = self.kernel.session.serialize(msg, [msg_type.encode()])
-        end = time.monotonic() + 10
-        while True:
-            try: return self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a subscriber's queue is full (XPUB_NODROP): wait for room, 10 s at most
-                if time.monotonic() > end: break
-                if self.sock.poll(50, zmq.POLLOUT): time.sleep(0.001)  # POLLOUT can say ready before there is room
-        print(f"ipymini: IOPub client too slow; dropped a {msg_type} message", file=self.kernel.log_stream, flush=True)
+        if self.dropped: self.dropped += 1  # in an episode: the skipped subscriber misses this one too, unless it has read meanwhile
+        if self.send(frames) or self.patient(frames): return self.episode_end(msg_type, content)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try: self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # to every queue with room; full ones are left out from now on
+        finally: self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.dropped += 1
+
+    def patient(self, frames) -> bool:
+        "Retry `frames` while a full queue takes nothing, `PATIENCE` s at most; naps, as XPUB says POLLOUT while any queue has room."
+        end,nap = time.monotonic() + PATIENCE,0.0005
+        while time.monotonic() < end:
+            time.sleep(nap)
+            nap = min(2*nap, 0.02)
+            if self.send(frames): return True
+        return False
+
+    def episode_end(self, msg_type, content):
+        "An episode is logged once, with its count, when the request it happened in ends (its idle status)."
+        if not self.dropped or msg_type != "status" or content.get("execution_state") != "idle": return
+        log.warning("IOPub: a subscriber took nothing for %.0f s with %d messages queued for it, so it is skipped until it reads "
+            "again: it missed %d messages up to the end of this request", PATIENCE, IOPUB_HWM, self.dropped)
+        self.dropped = 0
+
+    def send(self, frames) -> bool:
+        try: self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again: return False
+        return True
+
+    def drained(self): pass  # episodes end at an idle status (`episode_end`)
+
+class Worker:
+    "Runs jobs in order on a thread of its own; `abandon()` leaves a stuck job to its thread and starts a fresh one for the rest."
+    def __init__(self, name):
+        self.name,self.q,self.lock,self.job,self.thread = name,queue.SimpleQueue(),threading.Lock(),None,None
+        self.spawn()
+
+    def spawn(self):
+        self.thread = threading.Thread(target=self.run, daemon=True, name=f"ipymini-{self.name}")
+        self.thread.start()
+
+    def put(self, fn, arg): self.q.put((fn, arg))
+
+    def run(self):
+        try: self.serve()
+        except KeyboardInterrupt: pass  # an interrupt that came just as the abandoned job ended
+
+    def serve(self):
+        me = threading.current_thread()
+        while self.thread is me and (item := self.q.get()) is not None:  # an abandoned thread takes no more jobs
+            with self.lock: self.job = item
+            try: item[0](item[1])
+            except BaseException as e: log.warning("%s: %r", self.name, e)  # a late interrupt, after the job was done
+            finally:
+                with self.lock:
+                    if self.job is item: self.job = None
+
+    def abandon(self):
+        "The running job's argument, or None: its thread gets a KeyboardInterrupt (where it can take one) and serves no more."
+        with self.lock:
+            if (item := self.job) is None: return None
+            self.job,old = None,self.thread
+            self.spawn()
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(old.ident), ctypes.py_object(KeyboardInterrupt))
+        return item[1]

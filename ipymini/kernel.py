@@ -4,7 +4,7 @@ from contextlib import contextmanager
 import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
-from .channels import IOPub, SockThread
+from .channels import IOPub, REPLY_HWM, SockThread, Worker, curve_keys
 from .session import Session, now
 from .procs import banner, end_children, env_flag, usage, watch_parent
 
@@ -17,9 +17,11 @@ control_msgs = ("kernel_info_request shutdown_request interrupt_request debug_re
     "create_subshell_request list_subshell_request delete_subshell_request").split()
 executed     = {"execute_request", "comm_open", "comm_msg", "comm_close"}  # run in order on a subshell; the rest answer at once
 early        = {"kernel_info_request", "connect_request", "shutdown_request", "interrupt_request", "usage_request"}  # need no shell
+introspect   = {"complete_request", "inspect_request"}  # may run user code (properties, __getattr__) that hangs: off the socket thread
 required     = dict(execute_request="code", complete_request="code", inspect_request="code", is_complete_request="code",
     history_request="hist_access_type", comm_open="comm_id target_name", comm_msg="comm_id", comm_close="comm_id",
     delete_subshell_request="subshell_id")
+ports        = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 help_links   = [dict(text=t, url=u) for t,u in [("Python Reference", "https://docs.python.org/3/"),
     ("IPython Reference", "https://ipython.readthedocs.io/en/stable/"), ("NumPy Reference", "https://numpy.org/doc/stable/reference/"),
     ("SciPy Reference", "https://docs.scipy.org/doc/scipy/reference/"), ("Matplotlib Reference", "https://matplotlib.org/stable/contents.html"),
@@ -29,11 +31,13 @@ class Req:
     "A request as handlers see it: the message, where it came from, and how to answer it."
     def __init__(self, kernel, sock, idents, msg, sub=None):
         self.kernel,self.sock,self.idents,self.msg,self.sub = kernel,sock,idents,msg,sub
-        self.msg_type,self.c,self.arrived,self.replied = msg["header"]["msg_type"],msg["content"],time.monotonic(),False
+        self.msg_type,self.c,self.arrived,self.replied,self.idle = msg["header"]["msg_type"],msg["content"],time.monotonic(),False,False
 
     def reply(self, content=None, metadata=None, **kw):
-        "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far."
-        self.replied = True
+        "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far; only the first counts."
+        with self.kernel.once:
+            if self.replied: return
+            self.replied = True
         self.kernel.ch.flush()
         self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
 
@@ -46,19 +50,29 @@ class Kernel:
         self.conn,self.stopping,self.ready = conn,threading.Event(),threading.Event()
         self.session = Session(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
         if not conn.get("key"): log.warning("connection file has no key: messages are not signed")
+        self.curve = curve_keys(conn)  # checked before anything binds: a bad key must never mean plain text
         self.ctx = zmq.Context()
         self.log_stream = sys.stderr
         self.ch = Channels(self.raw_pub)
         self.subs = None  # made once the sockets are up: the first kernel_info must not wait for asyncio and IPython
         self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
-        self.control_handlers = {o: getattr(self, o) for o in control_msgs}
-        self.waiting,self.debugger,self.bridge = {},None,None
+        self.control_handlers = {o: getattr(self, o) for o in shell_msgs + control_msgs}  # control takes shell's requests too
+        self.waiting,self.debugger,self.bridge,self.introspector = {},None,None,Worker("introspect")
+        self.once = threading.Lock()  # a reply (and an introspection's idle) is sent once, by whichever thread comes first
 
-    def addr(self, port): return f"{self.conn.get('transport', 'tcp')}://{self.conn['ip']}:{self.conn[port]}"
+    def addr(self, port):
+        "jupyter_client's endpoint names: `tcp://<ip>:<port>`, else `<transport>://<ip>-<port>` (ipc: a file path)."
+        t,ip,p = self.conn.get("transport", "tcp"),self.conn["ip"],self.conn[port]
+        return f"tcp://{ip}:{p}" if t == "tcp" else f"{t}://{ip}-{p}"
 
     def bind(self, kind, port):
         sock = self.ctx.socket(kind)
         sock.linger = 0
+        if self.curve: sock.curve_publickey,sock.curve_secretkey,sock.curve_server = *self.curve,True
+        if kind == zmq.ROUTER and port != "hb_port":
+            sock.router_handover = 1  # a client reconnecting with the same identity takes over its replies
+            sock.router_mandatory = 1  # a full or gone client is an error we can count, not a silent drop
+            sock.sndhwm = REPLY_HWM
         sock.bind(self.addr(port))
         return sock
 
@@ -98,8 +112,14 @@ class Kernel:
         return Req(self, sock, idents, msg)
 
     def on_shell(self, sock, frames):
-        if (req := self.recv(sock, frames, "shell")) is None: return
-        if req.msg_type not in executed: return self.run_sync(self.shell_handlers, req)
+        if (req := self.recv(sock, frames, "shell")) is not None: self.route(self.shell_handlers, req)
+
+    def on_control(self, sock, frames):
+        if (req := self.recv(sock, frames, "control")) is not None: self.route(self.control_handlers, req)
+
+    def route(self, handlers, req):
+        "Execute and comm messages go to their subshell's queue (run in order, as user code); the rest are answered at once."
+        if req.msg_type not in executed: return self.run_sync(handlers, req)
         self.ready.wait()
         sid = req.msg["header"].get("subshell_id")
         req.sub = self.subs.get(sid)
@@ -107,19 +127,19 @@ class Kernel:
             with self.busy(req.msg): return req.reply(self.err(f"unknown subshell_id {sid!r}", "ValueError"))
         req.sub.submit(req)
 
-    def on_control(self, sock, frames):
-        if (req := self.recv(sock, frames, "control")) is not None: self.run_sync(self.control_handlers, req)
-
     def on_stdin(self, sock, frames):
         if (req := self.recv(sock, frames, "stdin")) is None: return
+        if req.msg_type != "input_reply": return log.warning("stdin: ignored a stray %s", req.msg_type)
         pid = req.msg["parent_header"].get("msg_id")
-        # jupyter_client's `input()` sends replies with no parent header: those answer the oldest waiting request
-        if pid is None and self.waiting: pid = next(iter(self.waiting), None)
-        if req.msg_type != "input_reply" or pid not in self.waiting: return log.warning("stdin: ignored a stray %s", req.msg_type)
+        if pid is None:  # jupyter_client's `input()` sends no parent: it answers its session's prompt, if that is one alone
+            mine = [m for m,w in list(self.waiting.items()) if w[3] == req.msg["header"].get("session")]
+            if len(mine) != 1: return log.warning("stdin: ignored an input_reply without parent: its session has %d prompts waiting", len(mine))
+            pid = mine[0]
+        if pid not in self.waiting: return log.warning("stdin: ignored a stray input_reply")
         self.answer(pid, req.c.get("value", ""))
 
     def answer(self, mid, value):
-        box,ev,_ = self.waiting[mid]
+        box,ev,*_ = self.waiting[mid]
         if not box: box.append(value)
         ev.set()
 
@@ -131,6 +151,7 @@ class Kernel:
                 with self.busy(req.msg): req.reply(self.err(f"unknown message type {req.msg_type!r}", "UnknownMessageType"))
             return
         if req.msg_type not in early: self.ready.wait()  # the shell is built while the first kernel_info is answered
+        if req.msg_type in introspect: return self.introspector.put(self.introspect, req)
         try: self.dispatch_sync(handlers, req)
         except Exception as e:
             log.exception("error handling %s", req.msg_type)
@@ -157,6 +178,21 @@ class Kernel:
         else: log.warning(what)
         return True
 
+    def introspect(self, req):
+        "complete/inspect on the introspection thread; an interrupt that comes first answers it (see `interrupt`)."
+        self.enter(req)
+        self.status("busy", req.msg)
+        try:
+            if not self.missing(req): self.shell_handlers[req.msg_type](req)
+        except BaseException as e: self.unanswered(req, e)
+        finally: self.idle_once(req)
+
+    def idle_once(self, req):
+        with self.once:
+            if req.idle: return
+            req.idle = True
+        self.status("idle", req.msg)
+
     def dispatch_sync(self, handlers, req):
         self.enter(req)
         with self.busy(req.msg):
@@ -176,7 +212,13 @@ class Kernel:
     def complete_request(self, req):    req.reply(self.safe(self.bridge.complete, req.c["code"], req.c.get("cursor_pos")))
     def inspect_request(self, req):     req.reply(self.safe(self.bridge.inspect, req.c["code"], req.c.get("cursor_pos"), req.c.get("detail_level", 0)))
     def is_complete_request(self, req): req.reply(self.safe(self.bridge.is_complete, req.c["code"]))
-    def history_request(self, req):     req.reply(self.safe(self.bridge.history, **req.c))
+    def history_request(self, req):     req.reply(self.numbered(req.c, self.safe(self.bridge.history, **req.c)))
+
+    def numbered(self, c, res):
+        "A `range` of the current session asked for by its number carries that number (IPython numbers it 0)."
+        n = c.get("session")
+        if c.get("hist_access_type") != "range" or type(n) is not int or n <= 0 or res.get("status") != "ok": return res
+        return {**res, "history": [[n if h[0] == 0 else h[0], *h[1:]] for h in res["history"]]}
     def kernel_info_request(self, req): req.reply(self.kernel_info())
     def connect_request(self, req):     req.reply({k: self.conn[k] for k in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")})
     def comm_info_request(self, req):
@@ -291,7 +333,7 @@ class Kernel:
         parent = current_parent()
         req_msg = self.session.msg("input_request", dict(prompt=prompt, password=password), parent)
         mid,box,ev = req_msg["header"]["msg_id"],[],threading.Event()
-        self.waiting[mid] = box,ev,threading.current_thread()
+        self.waiting[mid] = box,ev,threading.current_thread(),(parent or {}).get("header", {}).get("session")
         self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
         try: ev.wait()
         except KeyboardInterrupt: box[:] = [KeyboardInterrupt]
@@ -301,15 +343,24 @@ class Kernel:
 
     def interrupt(self):
         "Interrupt the parent subshell by SIGINT (so it lands in user code), the others by async exception; end input() waits."
+        self.stop_introspection()
         if self.subs is None: return
-        for mid,(_,_,t) in list(self.waiting.items()):
+        for mid,(_,_,t,_) in list(self.waiting.items()):
             if t is not threading.main_thread(): self.answer(mid, KeyboardInterrupt)
         for s in self.subs.subs.values(): s.interrupt()
         # to the main thread itself, so a wait it is blocked in (input(), a lock) returns; last: from the main thread it raises at once
         if self.subs.parent.running: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
+    def stop_introspection(self):
+        "End a complete/inspect that hangs: error reply and idle now; its thread is left to it, a fresh one serves the rest."
+        if (req := self.introspector.abandon()) is None: return
+        self.unanswered(req, KeyboardInterrupt("interrupted"))
+        self.idle_once(req)
+
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
+        # not here: this thread may hold the lock a reply takes
+        if self.introspector.job: threading.Thread(target=self.stop_introspection, daemon=True, name="ipymini-sigint").start()
         if self.subs is None: return
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
@@ -362,3 +413,7 @@ class Kernel:
         self.ch.flush()
         for t in self.threads: t.stop()
         for t in self.threads: t.join(timeout=1)
+        if self.conn.get("transport") == "ipc":  # the heartbeat's socket is never closed, so libzmq would leave its file
+            for p in ports:
+                try: os.remove(self.addr(p)[6:])
+                except OSError: pass

@@ -51,15 +51,21 @@ def wait_pixels(display, rgb, n=2000, timeout=15):
     return k
 
 def test_timer_fires_while_idle(gui):
-    """A 100 ms toolkit timer keeps firing while the kernel waits for requests; `%gui` with no argument stops it.
+    """A 100 ms toolkit timer keeps firing while the kernel waits for requests, and asyncio tasks beside it; `%gui` with no
+    argument stops the toolkit.
     On ipykernel 7 the request after `%gui` sometimes gets no answer (Qt in one run, Tk in another: fails on its deadline)."""
     tk,display,km,kc = gui
-    out = ok(kc, f"%gui {tk}\n%gui {tk}\n" + timers[tk])
+    out = ok(kc, f"%gui {tk}\n%gui {tk}\n" + timers[tk] + "\nimport asyncio\nasync def count():\n    global aticks\n    while True:\n"
+        "        aticks += 1\n        await asyncio.sleep(0.05)\naticks = 0\natask = asyncio.create_task(count())")
     assert text(out, "stderr") == "", "enabling twice is quiet"
-    n0 = int(value(kc, "ticks[0]"))
+    n0,a0 = eval(value(kc, "ticks[0], aticks"))
     time.sleep(1.5)  # idle: no request in flight, only the toolkit's loop can run the timer
-    n1 = int(value(kc, "ticks[0]"))
+    n1,a1 = eval(value(kc, "ticks[0], aticks"))
     assert n1 - n0 >= 5, f"{n1 - n0} timer callbacks in 1.5 s of idle"
+    assert a1 - a0 >= 5, f"an asyncio task beside the toolkit ticked {a1 - a0} times in 1.5 s"
+    t = time.monotonic()
+    ok(kc, "await asyncio.sleep(0.3)")
+    assert time.monotonic() - t < 1.5, "asyncio's timers are due on time while the toolkit runs"
     ok(kc, "%gui")
     n2 = int(value(kc, "ticks[0]"))
     time.sleep(1)

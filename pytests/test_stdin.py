@@ -72,3 +72,59 @@ def test_stray_reply_is_ignored_and_logged(kc, km, is_ipymini):
     else: assert not is_ipymini, "no log line for the stray reply"
     _,reply,outs = ask(kc, "print(input())", "real")
     assert reply["status"] == "ok" and text(outs) == "real\n"
+
+def other_client(km):
+    "A second client with a session (so a routing identity) of its own; `km.client()` would share the first one's."
+    from jupyter_client import BlockingKernelClient
+    kc = BlockingKernelClient(connection_file=km.connection_file)
+    kc.load_connection_file()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return kc
+
+def execute_on(kc, code, sid):
+    "Send an execute_request (stdin allowed) to subshell `sid`; its msg_id."
+    msg = kc.session.msg("execute_request", dict(code=code, silent=False, allow_stdin=True))
+    msg["header"]["subshell_id"] = sid
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+def test_two_clients_answer_concurrently(km, kc):
+    """Two clients each run a cell that calls input(), one on a subshell: each prompt goes to the client whose cell asked, and
+    each answer (jupyter_client's, sent without a parent header) reaches the cell of the client that sent it. ipykernel gives
+    the first answer to whichever cell waits, so the answers are swapped."""
+    other = other_client(km)
+    try:
+        sid = request(other, "create_subshell_request", "control")["content"]["subshell_id"]
+        mine = kc.execute("print('A got', input('A? '))", allow_stdin=True)
+        theirs = execute_on(other, "print('B got', input('B? '))", sid)
+        ra,rb = kc.get_stdin_msg(timeout=TIMEOUT),other.get_stdin_msg(timeout=TIMEOUT)
+        assert (ra["content"]["prompt"], ra["parent_header"]["msg_id"]) == ("A? ", mine)
+        assert (rb["content"]["prompt"], rb["parent_header"]["msg_id"]) == ("B? ", theirs)
+        other.input("bee")  # both prompts wait; the answers cross in time
+        kc.input("ay")
+        assert shell_reply(kc, mine)["content"]["status"] == "ok" and shell_reply(other, theirs)["content"]["status"] == "ok"
+        assert text(iopub_until_idle(kc, mine)) == "A got ay\n"
+        assert text(iopub_until_idle(other, theirs)) == "B got bee\n"
+        request(other, "delete_subshell_request", "control", subshell_id=sid)
+    finally: other.stop_channels()
+
+def test_unparented_reply_with_two_prompts_is_refused(km, kc, is_ipymini):
+    """One client with two prompts waiting (parent and subshell): a reply without a parent could be for either, so it is refused
+    and logged; replies naming their request each reach their own cell. ipykernel hands the unparented one to a cell."""
+    sid = request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
+    a = kc.execute("print('main got', input('main? '))", allow_stdin=True)
+    b = execute_on(kc, "print('sub got', input('sub? '))", sid)
+    reqs = {m["parent_header"]["msg_id"]: m for m in (kc.get_stdin_msg(timeout=TIMEOUT), kc.get_stdin_msg(timeout=TIMEOUT))}
+    assert set(reqs) == {a, b}
+    if is_ipymini:
+        kc.input("which?")
+        end = time.monotonic() + TIMEOUT
+        while "2 prompts waiting" not in (km.log_file.seek(0) or km.log_file.read()):
+            assert time.monotonic() < end, "no log line for the ambiguous reply"
+            time.sleep(0.05)
+    for mid,value in ((b, "sub-answer"), (a, "main-answer")):
+        kc.stdin_channel.send(kc.session.msg("input_reply", dict(value=value), parent=reqs[mid]))
+    assert text(iopub_until_idle(kc, a)) == "main got main-answer\n" and text(iopub_until_idle(kc, b)) == "sub got sub-answer\n"
+    assert shell_reply(kc, a)["content"]["status"] == "ok" and shell_reply(kc, b)["content"]["status"] == "ok"
+    request(kc, "delete_subshell_request", "control", subshell_id=sid)
