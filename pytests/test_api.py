@@ -100,3 +100,10 @@ def test_notebook_detection(kc):
     assert text(outs) == "ZMQInteractiveShell True True\n"
     shown = [m["content"]["data"] for m in outs if m["msg_type"] == "display_data"]
     assert len(shown) == 1 and "rich" in shown[0]["text/plain"] and "bold" in shown[0]["text/html"], shown
+
+def test_ipympl_shows_figures_from_post_execute(kc):
+    "ipympl (`%matplotlib widget`) registers on `get_ipython().events` to show a cell's new figures after it, as widgets."
+    outs = ok(kc, "%matplotlib widget\nimport matplotlib.pyplot as plt\nfig = plt.figure(); plt.plot([1, 2]); None")
+    canvas = [m["content"]["comm_id"] for m in outs if m["msg_type"] == "comm_open" and m["content"]["data"]["state"].get("_model_name") == "MPLCanvasModel"]
+    shown = [m["content"]["data"][WIDGET_VIEW]["model_id"] for m in outs if m["msg_type"] == "display_data" and WIDGET_VIEW in m["content"]["data"]]
+    assert len(canvas) == 1 and shown == canvas, types(outs)
