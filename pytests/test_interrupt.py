@@ -1,6 +1,6 @@
 "Interrupts by SIGINT (KernelManager.interrupt_kernel) and by interrupt_request on control, of every kind of cell."
 import time, pytest
-from kutils import run, request, shell_reply, iopub_until_idle, types, text, TIMEOUT
+from kutils import run, request, shell_reply, iopub_until_idle, types, text, wait_msg, TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +49,16 @@ def test_interrupt_burst(kc, km):
     time.sleep(0.3)
     reply,outs = run(kc, "print('survived')")
     assert reply["status"] == "ok" and text(outs) == "survived\n"
+
+@pytest.mark.parametrize("cell", ["i = 0\nwhile True:\n    print(i, flush=True)\n    i += 1",
+    "from IPython.display import display\nwhile True: display('x')", "import sys\nwhile True: sys.stderr.write('e\\n'); sys.stderr.flush()"])
+def test_interrupt_while_printing(kc, km, cell):
+    """A cell that spends most of its time in the kernel's own output path is interrupted 15 times: each interrupt ends it
+    with a reply, and the kernel answers the next request (an interrupt must never land in the kernel's send path)."""
+    for _ in range(15):
+        mid = kc.execute(cell)
+        wait_msg(kc, lambda m: m["parent_header"].get("msg_id") == mid and m["msg_type"] in ("stream", "display_data"))
+        km.interrupt_kernel()
+        assert shell_reply(kc, mid)["content"]["status"] == "error"
+        iopub_until_idle(kc, mid)
+        assert run(kc, "1+1")[0]["status"] == "ok"
