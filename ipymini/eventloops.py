@@ -1,6 +1,6 @@
 """Other event loops on the kernel's threads: a GUI toolkit's loop inside the parent subshell's wait, and asyncio loops a
 cell runs itself (`asyncio.run`, `run_until_complete`, trio) while the kernel's own loop is parked."""
-import asyncio, importlib, math, os, select, signal, socket, sys, threading, time, traceback
+import asyncio, importlib, math, os, select, signal, sys, threading, time, traceback
 from asyncio import events
 from contextlib import contextmanager
 
@@ -148,30 +148,12 @@ made = {}  # toolkit objects, kept for the kernel's life: Qt windows need their 
 toolkits = dict(qt=Qt, qt5=Qt, qt6=Qt, tk=Tk, gtk=GLib, gtk3=GLib, gtk4=GLib, wx=Wx)
 no_loop = {"asyncio", "inline", "nbagg", "webagg", "notebook", "ipympl", "widget"}  # our loop already serves these
 
-class Wakeup:
-    "A signal wakes the selector while a toolkit's loop runs (its handler only runs once Python code does)."
-    def __init__(self, loop):
-        self.loop,(self.r,self.w) = loop,socket.socketpair()
-        for s in (self.r, self.w): s.setblocking(False)
-        loop.add_reader(self.r.fileno(), self.drain)
-        self.old = signal.set_wakeup_fd(self.w.fileno(), warn_on_full_buffer=False)
-
-    def drain(self):
-        try: self.r.recv(4096)
-        except OSError: pass
-
-    def close(self):
-        signal.set_wakeup_fd(self.old)
-        self.loop.remove_reader(self.r.fileno())
-        self.r.close()
-        self.w.close()
-
 def enable_gui(sub, gui):
     "Run toolkit `gui`'s loop whenever subshell `sub` (the main thread's) waits; `None` stops it; `asyncio` and the like are ours."
     sel = sub.sel
     if gui in no_loop: return
     if gui is None:
-        if sel.gui is not None: sel.gui,sub.wakeup = None,sub.wakeup.close()
+        sel.gui = None
         return
     if gui == "osx": raise ValueError("%gui osx: ipymini has no macOS (Cocoa) event loop")
     if gui not in toolkits: raise ValueError(f"%gui {gui!r}: choose one of {', '.join([*toolkits, *sorted(no_loop)])}, or none to stop")
@@ -181,4 +163,4 @@ def enable_gui(sub, gui):
         raise RuntimeError(f"%gui {gui}: {type(sel.gui).__name__} is running; `%gui` (no argument) stops it first")
     t = made.get(toolkits[gui])
     if t is None or not t.accepts(gui): t = made[toolkits[gui]] = toolkits[gui](gui)
-    sel.gui,sub.wakeup = t,Wakeup(sub.loop)
+    sel.gui = t  # a signal wakes the loop while the toolkit runs: see procs.SignalRelay

@@ -7,7 +7,7 @@ from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
 from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
 from .session import DELIM, Session, now
-from .procs import banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
+from .procs import SignalRelay, banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
 unanswerable = object()  # the answer to an input_request no client can get
@@ -305,7 +305,9 @@ class Kernel:
     def user_done(self, sub):
         "User code has left the stack: the kernel's own SIGINT handler is back if the cell replaced it."
         sub.running = False
-        if sub is self.subs.parent and signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
+        if sub is not self.subs.parent: return
+        if signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
+        self.relay.install()
 
     def abort(self, req):
         "An `aborted` execute reply, with busy/idle around it; no execution_count (JupyterLab would show it)."
@@ -395,6 +397,7 @@ class Kernel:
 
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
+        self.relay.handled()
         if self.exiting: raise KeyboardInterrupt  # an atexit handler that hangs (see run_atexit)
         if self.introspector.job: threading.Thread(target=self.sigint_introspection, daemon=True, name="ipymini-sigint").start()
         if self.subs is None: return
@@ -426,6 +429,7 @@ class Kernel:
         self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.dump_stacks}
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
         os.register_at_fork(after_in_child=self.forked)
+        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint)
         from . import comms
         from .bridge import KernelBridge
         from .subshell import SubshellManager
@@ -443,12 +447,18 @@ class Kernel:
         self.finish()
 
     def on_sigterm(self, sig, frame): self.stop()
+    def wake_main(self):
+        "Wake the main thread's loop (a no-op callback), so a toolkit loop running in its wait returns and signal handlers run."
+        if self.subs is None: return
+        try: self.subs.parent.loop.call_soon_threadsafe(lambda: None)
+        except RuntimeError: pass  # closed at shutdown
 
     def forked(self):
         "A child of user code (multiprocessing's fork, `os.fork`) gets the signal handlers a fresh Python has, and no kernel."
         for sig,h in self.fresh.items():
             if signal.getsignal(sig) == self.ours[sig]: signal.signal(sig, h)  # a handler user code set stays
         self.stopping.set()  # nothing in the child may start a shutdown of a kernel it is not
+        signal.set_wakeup_fd(-1)  # the child's signals are not ours to relay
         # IPython's exit hook would reset the namespace and close the parent's history session from the child
         if self.bridge is not None: atexit.unregister(self.bridge.ip.atexit_operations)
 

@@ -1,5 +1,5 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
-import _imp, logging, os, signal, sys, threading, time
+import _imp, logging, os, signal, socket, sys, threading, time
 from contextlib import contextmanager
 
 log = logging.getLogger("ipymini")
@@ -129,3 +129,37 @@ def watch_parent(kernel):
         log.warning("parent process %d exited; shutting down", ppid)
         kernel.stop()
     threading.Thread(target=wait, daemon=True, name="ipymini-parent").start()
+
+class SignalRelay:
+    """Signals write their number to a socket (`signal.set_wakeup_fd`). A thread reading it calls `wake()` (a toolkit loop on the
+    main thread returns to Python, where handlers run) and hands a SIGINT that another thread took to the main thread: Qt's
+    threads and user threads accept signals too, and then a `time.sleep` on the main thread would never be interrupted."""
+    def __init__(self, wake, ours):
+        self.wake,self.ours,self.ran,self.at = wake,ours,threading.Event(),0.0
+        self.r,self.w = socket.socketpair()
+        self.w.setblocking(False)
+        self.install()
+        threading.Thread(target=self.run, daemon=True, name="ipymini-signals").start()  # inherits the kernel threads' blocked mask
+
+    def install(self):
+        "Ours again (main thread only), if user code took the wakeup fd (an asyncio loop's `add_signal_handler`)."
+        signal.set_wakeup_fd(self.w.fileno(), warn_on_full_buffer=False)
+
+    def handled(self):
+        "Our SIGINT handler's first step: this signal reached the main thread."
+        self.at = time.monotonic()
+        self.ran.set()
+
+    def run(self):
+        done = 0.0  # when the previous batch was dealt with: a handler run since then answered this one
+        while True:
+            try: data = self.r.recv(256)
+            except OSError: return
+            self.wake()
+            if signal.SIGINT in data and self.at <= done and self.ours():
+                self.ran.clear()
+                if self.at <= done and not self.ran.wait(0.05):  # not run on the main thread: another thread took the signal
+                    done = time.monotonic()
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # coalesces with the one still pending
+                    continue
+            done = time.monotonic()

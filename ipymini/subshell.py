@@ -38,7 +38,7 @@ class Subshell:
         self.sel = WatchedSelector()
         self.loop = asyncio.SelectorEventLoop(self.sel)
         self.queue,self.task,self.thread,self.req,self.done = asyncio.Queue(),None,None,None,False
-        self.running,self.abort_before,self.wakeup = False,0.0,None  # `running`: user code may be on the stack (interrupts land only then)
+        self.running,self.abort_before = False,0.0  # `running`: user code may be on the stack (interrupts land only then)
         self.woken = threading.Event()  # set by an interrupt: ends a `time.sleep` in this subshell's cell
 
     def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
