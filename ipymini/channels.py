@@ -1,5 +1,5 @@
 "ZMQ sockets and the threads that own them: an outbox per socket, the shell/control/stdin loop, IOPub's publisher."
-import ctypes, logging, os, queue, threading
+import ctypes, logging, os, queue, signal, threading
 from collections import deque
 from os import read, write
 from time import monotonic, sleep  # bound now, as `read`/`write`: the kernel's threads must not use what user code rebinds
@@ -10,6 +10,10 @@ log = logging.getLogger("ipymini")
 IOPUB_HWM   = 1000   # messages queued per IOPub subscriber (libzmq's default): readers never lose, so depth only smooths bursts
 PATIENCE    = 5.0    # seconds a full subscriber may go without taking a message before it is skipped (> a 3 s pause)
 REPLY_HWM   = 10_000 # replies queued per shell/control/stdin client that reads late; the client's own queue and the OS add more
+
+def block_signals():
+    "SIGINT and SIGTERM are for the main thread (see `Kernel.__init__`); a thread started later from one that takes them blocks them."
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 def curve_keys(conn) -> tuple:
     "The connection file's CurveZMQ `(public, secret)` keys as bytes, or None; a malformed or mismatched pair is a ValueError."
@@ -72,7 +76,9 @@ class SockThread(threading.Thread):
         except zmq.Again: self.dropped += 1
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH: raise
-            log.debug("%s: a reply for a client that has gone", self.name)
+            self.unreachable(frames)
+
+    def unreachable(self, frames): log.debug("%s: a message for a client that has gone", self.name)
 
     def drained(self):
         "The outbox is empty: the end of a burst, and of any dropping episode in it, which is logged once, with its count."
@@ -167,6 +173,7 @@ class Worker:
     def put(self, fn, arg): self.q.put((fn, arg))
 
     def run(self):
+        block_signals()  # a fresh worker may be started from a thread that takes them
         try: self.serve()
         except KeyboardInterrupt: pass  # an interrupt that came just as the abandoned job ended
 

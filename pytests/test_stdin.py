@@ -111,7 +111,7 @@ def test_two_clients_answer_concurrently(km, kc):
 
 def test_unparented_reply_with_two_prompts_is_refused(km, kc, is_ipymini):
     """One client with two prompts waiting (parent and subshell): a reply without a parent could be for either, so it is refused
-    and logged; replies naming their request each reach their own cell. ipykernel hands the unparented one to a cell."""
+    and logged; replies naming their request each reach their own cell. On ipykernel only the parented replies are checked."""
     sid = request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
     a = kc.execute("print('main got', input('main? '))", allow_stdin=True)
     b = execute_on(kc, "print('sub got', input('sub? '))", sid)
@@ -128,3 +128,17 @@ def test_unparented_reply_with_two_prompts_is_refused(km, kc, is_ipymini):
     assert text(iopub_until_idle(kc, a)) == "main got main-answer\n" and text(iopub_until_idle(kc, b)) == "sub got sub-answer\n"
     assert shell_reply(kc, a)["content"]["status"] == "ok" and shell_reply(kc, b)["content"]["status"] == "ok"
     request(kc, "delete_subshell_request", "control", subshell_id=sid)
+
+def test_input_for_a_client_without_stdin(kernel_name):
+    """A client that allows stdin but has no stdin socket connected: input() raises StdinNotImplementedError at once (the
+    kernel's stdin router says the client is unreachable), where ipykernel's input() waits for good."""
+    import zmq
+    with start_kernel(kernel_name) as (km,kc):
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(km._make_url("shell"))
+        kc.session.send(dealer, kc.session.msg("execute_request", dict(code="input('? ')", silent=False, allow_stdin=True)))
+        assert dealer.poll(10_000), "no reply: input() is waiting for a client that cannot answer"
+        reply = kc.session.recv(dealer)[1]["content"]
+        dealer.close()
+        assert reply["status"] == "error" and reply["ename"] == "StdinNotImplementedError"
