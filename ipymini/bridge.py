@@ -14,11 +14,13 @@ except ImportError: provisionalcompleter = rectify_completions = None  # an IPyt
 from traitlets import Any, CBool, Instance, default
 from traitlets.config import Config
 from .capture import PARENT, SUB, current_parent, main_parent
-from .procs import env_flag
+from .procs import env_flag, headroom, plain_tb, safe_str
 from .debug import CellCompiler
 from . import eventloops
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
+SHOWN = ContextVar("ipymini_shown", default=None)  # the error content last published in this subshell's cell
+IN_HOOK = ContextVar("ipymini_in_hook", default=False)  # the displayhook is formatting a cell's result
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
 
 def at_cursor(code, cursor_pos) -> int:
@@ -48,10 +50,13 @@ class Publisher(DisplayPublisher):
 class Hook(DisplayHook):
     "IPython's displayhook, sending `execute_result` with the execution count."
     send = None
-    def start_displayhook(self): self.data,self.md = {},{}
+    def start_displayhook(self):
+        self.data,self.md = {},{}
+        IN_HOOK.set(True)  # an error while formatting the result fails the cell, as in ipykernel
     def write_output_prompt(self): pass
     def write_format_data(self, format_dict, md_dict=None): self.data,self.md = format_dict,md_dict or {}
     def finish_displayhook(self):
+        IN_HOOK.set(False)
         if self.data: self.send("execute_result", dict(data=self.data, metadata=self.md, execution_count=self.prompt_count), None)
         self.data = {}
 
@@ -79,7 +84,7 @@ class MiniShell(InteractiveShell):
     def execution_count(self, n): self.counts[SUB.get()] = n
 
     def __init__(self, **kw):
-        self.counts,self.last_tb = {},None
+        self.counts = {}
         super().__init__(**kw)
 
     def init_environment(self):
@@ -108,8 +113,14 @@ class MiniShell(InteractiveShell):
         return super().showtraceback(exc_tuple, *args, **kw)
 
     def _showtraceback(self, etype, evalue, stb):
-        self.last_tb = stb
-        self.display_pub.send("error", dict(ename=etype.__name__, evalue=str(evalue), traceback=stb))
+        err = dict(ename=etype.__name__, evalue=safe_str(evalue), traceback=stb, in_hook=IN_HOOK.get())
+        SHOWN.set(err)
+        self.display_pub.send("error", {k: err[k] for k in ("ename", "evalue", "traceback")})
+
+    def _format_exception_for_storage(self, exception, *args, **kw):
+        "What IPython 9 keeps for `%history`; it calls `str()` on the exception, which may raise (the cell's reply must not)."
+        try: return super()._format_exception_for_storage(exception, *args, **kw)
+        except BaseException: return dict(ename=type(exception).__name__, evalue=safe_str(exception), traceback=plain_tb(exception))
 
     async def run_code(self, code_obj, result=None, *, async_=False):
         "A statement without top-level `await` runs with the kernel's loop parked: `asyncio.run` works in it, as in a terminal."
@@ -137,6 +148,35 @@ def as_msg(parent):
 MiniShell.__name__ = MiniShell.__qualname__ = "ZMQInteractiveShell"
 InteractiveShellABC.register(MiniShell)
 
+class InterruptiblePdb:
+    """On `sys.meta_path` until `pdb` and IPython's debugger are both imported, then makes `pdb.set_trace()` and `breakpoint()`
+    use IPython's InterruptiblePdb: an interrupt at the `ipdb>` prompt quits the debugger and the cell runs on, as in
+    ipykernel (plain pdb prompts again). A hook, not an import, so start-up does not pay for pdb."""
+    names = ("pdb", "IPython.core.debugger")
+    def install(self):
+        if all(n in sys.modules for n in self.names): self.patch()
+        else: sys.meta_path.insert(0, self)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names: return None
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or not hasattr(spec.loader, "exec_module"): return spec
+        run = spec.loader.exec_module  # each spec has a loader of its own
+        def exec_module(module):
+            run(module)
+            self.patch()
+        spec.loader.exec_module = exec_module
+        return spec
+
+    def patch(self):
+        if (pdb := sys.modules.get("pdb")) is None: return
+        if (dbg := sys.modules.get("IPython.core.debugger")) is None: from IPython.core import debugger as dbg
+        if (cls := getattr(dbg, "InterruptiblePdb", None)) is None: return  # IPython's debugger is still being imported
+        dbg.Pdb = pdb.Pdb = cls
+        pdb.set_trace = dbg.set_trace
+        if self in sys.meta_path: sys.meta_path.remove(self)
+
 class KernelBridge:
     "Drives the shell for the kernel. Talks outward only through `ask(prompt, password)`; output goes via capture."
     def __init__(self, ask, kernel=None, **shell_kw):
@@ -149,6 +189,7 @@ class KernelBridge:
         self.experimental = env_flag("IPYMINI_EXPERIMENTAL_COMPLETIONS", True)
         self.ip.Completer.use_jedi = env_flag("IPYMINI_USE_JEDI", self.ip.Completer.use_jedi)  # unset: the profile decides
         builtins.input,getpass.getpass = self.input,self.getpass
+        InterruptiblePdb().install()
         eventloops.install()
         # IPython commits history on its own thread after every cell, holding a lock the next cell's store waits on
         # (about 1 ms of a 2 ms round trip); we batch those commits to 0.1 s after the last cell instead
@@ -176,15 +217,17 @@ class KernelBridge:
         "Run `code` as a cell; subshells keep their cells out of the history database (their counts would collide)."
         ip,sub = self.ip,SUB.get()
         ALLOW_STDIN.set(allow_stdin)
-        ip.last_tb = None
+        SHOWN.set(None)
+        IN_HOOK.set(False)
         try: cell,exc = ip.transform_cell(code),None
         except Exception: cell,exc = code,sys.exc_info()
-        hist,res = store_history and sub is None,None
+        hist,res,crash = store_history and sub is None,None,None
         try:
             coro = ip.run_cell_async(code, store_history=hist, silent=silent, transformed_cell=cell, preprocessing_exc_tuple=exc, cell_id=cell_id)
             if ip.loop_runner is _asyncio_runner or not ip.should_run_async(code, transformed_cell=cell, preprocessing_exc_tuple=exc): res = await coro
             else:  # `%autoawait trio` (curio, a runner of the user's): the runner runs the whole cell, with our loop parked
                 with eventloops.park(), eventloops.plain_sigint(): res = ip.loop_runner(coro)
+        except Exception as e: crash = e  # IPython's own machinery failed (a low recursion limit, a broken hook): the cell's error
         finally:
             ip.events.trigger("post_execute")
             if not silent: ip.events.trigger("post_run_cell", res)
@@ -192,10 +235,14 @@ class KernelBridge:
         elif hist: self.save_history_soon()
         payload = ip.payload_manager.read_payload()
         ip.payload_manager.clear_payload()
-        count = ip.execution_count - 1
-        err = res.error_before_exec or res.error_in_exec
-        if res.success: return Result("ok", count, payload=payload, user_expressions=ip.user_expressions(user_expressions or {}))
-        error = dict(ename=type(err).__name__, evalue=str(err), traceback=ip.last_tb or [])
+        count,shown = ip.execution_count - 1,SHOWN.get()
+        err = crash or res.error_before_exec or res.error_in_exec
+        if err is None and not (shown and shown["in_hook"]):
+            return Result("ok", count, payload=payload, user_expressions=ip.user_expressions(user_expressions or {}))
+        if err is None: return Result("error", count, {k: shown[k] for k in ("ename", "evalue", "traceback")}, payload)
+        error = dict(ename=type(err).__name__, evalue=safe_str(err), traceback=shown["traceback"] if shown else plain_tb(err))
+        if not shown:  # IPython could not format it (it printed why on stderr); the client still gets an error output
+            with headroom(): self.ip.display_pub.send("error", error)
         return Result("error", count, error, payload)
 
     def save_history_soon(self, delay=0.1):
@@ -240,8 +287,3 @@ class KernelBridge:
         elif hist_access_type == "search": hist = hm.search(pattern or "*", raw=raw, output=output, n=n, unique=unique)
         else: raise ValueError(f"hist_access_type must be tail, range or search, not {hist_access_type!r}")
         return dict(status="ok", history=[list(h) for h in hist])
-
-    def shutdown(self):
-        "Save history and run IPython's exit hooks."
-        try: self.ip.atexit_operations()
-        except Exception as e: print(f"ipymini: error at shutdown: {e}", file=sys.__stderr__)

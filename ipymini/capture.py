@@ -1,6 +1,8 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import codecs, io, os, re, select, sys, threading
+import codecs, io, os, re, sys, threading
 from contextvars import ContextVar
+from os import read, write
+from select import select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
 PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
@@ -60,7 +62,7 @@ class Stream(io.TextIOBase):
     def flush(self): self.out.flush()
     def write(self, s):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if in_child[0]: os.write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
+        if in_child[0]: write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
         elif s: self.out.write(self.name, s, current_parent())
         return len(s)
     def writelines(self, lines):
@@ -81,7 +83,7 @@ class FdCapture:
     def read(self):
         "Forward what the pipe holds now; False once the pipe is closed. Read and forward under one lock, so `drain` waits for both."
         with self.lock:
-            try: data = os.read(self.r, 65536)
+            try: data = read(self.r, 65536)
             except BlockingIOError: return True
             except OSError: return False
             if data: self.out.write(self.name, self.decode(data), main_parent[0])
@@ -89,13 +91,13 @@ class FdCapture:
 
     def run(self):
         while True:
-            try: select.select([self.r], [], [])
+            try: select([self.r], [], [])
             except (OSError, ValueError): return
             if not self.read(): return
 
     def drain(self):
         "Forward everything already written, so a cell's `os.system` output is in before its idle."
-        while select.select([self.r], [], [], 0)[0] and self.read(): pass
+        while select([self.r], [], [], 0)[0] and self.read(): pass
 
 # messages whose order against fd-level output does not matter: skip the two select() calls a drain costs
 undrained = {"execute_input", "comm_open", "comm_msg", "comm_close", "debug_event", "iopub_welcome", "shutdown_reply",
@@ -110,6 +112,7 @@ class Channels:
 
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
+        if in_child[0]: return  # a forked child has no IOPub thread: its messages would wait forever (its text goes to the fds)
         parent = parent or current_parent()
         if msg_type not in undrained and content.get("execution_state") != "busy":
             for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's

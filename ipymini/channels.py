@@ -1,12 +1,19 @@
 "ZMQ sockets and the threads that own them: an outbox per socket, the shell/control/stdin loop, IOPub's publisher."
-import ctypes, logging, os, queue, threading, time
+import ctypes, logging, os, queue, signal, threading
 from collections import deque
+from os import read, write
+from time import monotonic, sleep  # bound now, as `read`/`write`: the kernel's threads must not use what user code rebinds
 import zmq
+from .procs import headroom
 
 log = logging.getLogger("ipymini")
 IOPUB_HWM   = 1000   # messages queued per IOPub subscriber (libzmq's default): readers never lose, so depth only smooths bursts
 PATIENCE    = 5.0    # seconds a full subscriber may go without taking a message before it is skipped (> a 3 s pause)
 REPLY_HWM   = 10_000 # replies queued per shell/control/stdin client that reads late; the client's own queue and the OS add more
+
+def block_signals():
+    "SIGINT and SIGTERM are for the main thread (see `Kernel.__init__`); a thread started later from one that takes them blocks them."
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 def curve_keys(conn) -> tuple:
     "The connection file's CurveZMQ `(public, secret)` keys as bytes, or None; a malformed or mismatched pair is a ValueError."
@@ -31,12 +38,12 @@ class Outbox:
         self.q.append(item)
         if not self.signalled:
             self.signalled = True
-            os.write(self.w, b"!")
+            write(self.w, b"!")
 
     def take(self):
         "Yield what is queued until the queue stays empty; the flag is reset only before a last look, so no put is missed."
         # while the owner works through the queue, puts skip the pipe write (and the GIL hand-off it costs per message)
-        try: os.read(self.r, 4096)
+        try: read(self.r, 4096)
         except BlockingIOError: pass
         while True:
             while self.q:
@@ -86,10 +93,11 @@ class SockThread(threading.Thread):
             for s,_ in poller.poll():
                 if s is self.sock: self.drain_in()
                 else:
-                    for frames in self.outbox.take():
-                        if frames is None: return self.sock.close(linger=200)
-                        try: self.send_frames(frames)
-                        except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
+                    with headroom():  # serializing must not fail under a recursion limit user code lowered
+                        for frames in self.outbox.take():
+                            if frames is None: return self.sock.close(linger=200)
+                            try: self.send_frames(frames)
+                            except Exception as e: log.warning("%s: send failed: %r", self.name, e)  # an unpackable message must not end the thread
                     self.drained()
 
     def drain_in(self):
@@ -97,7 +105,8 @@ class SockThread(threading.Thread):
             try: frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again: return
             try: self.serve_fn(self.sock, frames)
-            except Exception: log.exception("%s: error handling a message", self.name)
+            except Exception:
+                with headroom(): log.exception("%s: error handling a message", self.name)
 
 class IOPub(SockThread):
     """Publishes what any thread queues, in queue order, signing on this thread; welcomes each new subscriber (JEP 65).
@@ -128,9 +137,9 @@ class IOPub(SockThread):
 
     def patient(self, frames) -> bool:
         "Retry `frames` while a full queue takes nothing, `PATIENCE` s at most; naps, as XPUB says POLLOUT while any queue has room."
-        end,nap = time.monotonic() + PATIENCE,0.0005
-        while time.monotonic() < end:
-            time.sleep(nap)
+        end,nap = monotonic() + PATIENCE,0.0005
+        while monotonic() < end:
+            sleep(nap)
             nap = min(2*nap, 0.02)
             if self.send(frames): return True
         return False
@@ -162,6 +171,7 @@ class Worker:
     def put(self, fn, arg): self.q.put((fn, arg))
 
     def run(self):
+        block_signals()  # a fresh worker may be started from a thread that takes them
         try: self.serve()
         except KeyboardInterrupt: pass  # an interrupt that came just as the abandoned job ended
 

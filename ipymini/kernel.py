@@ -1,12 +1,13 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import logging, os, signal, sys, threading, time
+import atexit, logging, os, signal, sys, threading
+from time import monotonic  # bound now: user code may rebind `time.monotonic` (freezegun does)
 from contextlib import contextmanager
 import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
-from .channels import IOPub, REPLY_HWM, SockThread, Worker, curve_keys
+from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
 from .session import Session, now
-from .procs import banner, end_children, env_flag, usage, watch_parent
+from .procs import banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
 DEBUG = env_flag("IPYMINI_DEBUG", False)
@@ -31,15 +32,19 @@ class Req:
     "A request as handlers see it: the message, where it came from, and how to answer it."
     def __init__(self, kernel, sock, idents, msg, sub=None):
         self.kernel,self.sock,self.idents,self.msg,self.sub = kernel,sock,idents,msg,sub
-        self.msg_type,self.c,self.arrived,self.replied,self.idle = msg["header"]["msg_type"],msg["content"],time.monotonic(),False,False
+        self.msg_type,self.c,self.arrived,self.replied,self.idle = msg["header"]["msg_type"],msg["content"],monotonic(),False,False
 
     def reply(self, content=None, metadata=None, **kw):
         "Queue the matching `*_reply` for the thread that owns `sock`, after the output written so far; only the first counts."
         with self.kernel.once:
             if self.replied: return
             self.replied = True
-        self.kernel.ch.flush()
-        self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
+        try:
+            self.kernel.ch.flush()
+            self.kernel.send(self.sock, self.msg_type.replace("_request", "_reply"), {**(content or {}), **kw}, self.msg, self.idents, metadata)
+        except BaseException:
+            self.replied = False  # it did not go out (an interrupt, a RecursionError on the way): still owed
+            raise
 
 class Kernel:
     "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type."
@@ -57,7 +62,7 @@ class Kernel:
         self.subs = None  # made once the sockets are up: the first kernel_info must not wait for asyncio and IPython
         self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
         self.control_handlers = {o: getattr(self, o) for o in shell_msgs + control_msgs}  # control takes shell's requests too
-        self.waiting,self.debugger,self.bridge,self.introspector = {},None,None,Worker("introspect")
+        self.waiting,self.debugger,self.bridge,self.introspector,self.exiting = {},None,None,Worker("introspect"),False
         self.once = threading.Lock()  # a reply (and an introspection's idle) is sent once, by whichever thread comes first
 
     def addr(self, port):
@@ -154,8 +159,10 @@ class Kernel:
         if req.msg_type in introspect: return self.introspector.put(self.introspect, req)
         try: self.dispatch_sync(handlers, req)
         except Exception as e:
-            log.exception("error handling %s", req.msg_type)
-            self.unanswered(req, e)
+            with headroom():  # what failed may be a RecursionError under a limit user code set: logging and replying must not
+                log.exception("error handling %s", req.msg_type)
+                self.unanswered(req, e)
+        finally: release_import_lock()
 
     # --- dispatch
     @contextmanager
@@ -184,8 +191,11 @@ class Kernel:
         self.status("busy", req.msg)
         try:
             if not self.missing(req): self.shell_handlers[req.msg_type](req)
-        except BaseException as e: self.unanswered(req, e)
-        finally: self.idle_once(req)
+        except BaseException as e:
+            with headroom(): self.unanswered(req, e)  # a RecursionError under a limit user code lowered must not stop the reply
+        finally:
+            self.idle_once(req)
+            release_import_lock()
 
     def idle_once(self, req):
         with self.once:
@@ -253,7 +263,7 @@ class Kernel:
         req.sub.running = True
         try: f(None, None, req.msg)
         except KeyboardInterrupt: log.warning("%s interrupted", req.msg_type)
-        finally: req.sub.running = False
+        finally: self.user_done(req.sub)
 
     async def execute_request(self, req):
         from .bridge import Result
@@ -264,14 +274,15 @@ class Kernel:
         sub.running = True
         try: res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
             user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
-        except KeyboardInterrupt: res = None  # it landed in IPython's bookkeeping, not in the cell
-        finally: sub.running = False
-        if res is None:
-            res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=[]))
-            self.ch.pub("error", res.error)
-        # stop_on_error: abort what arrived before this reply, never what the client sends after seeing it
-        if res.status == "error" and c.get("stop_on_error", True): sub.abort_before = time.monotonic()
-        req.reply(self.exec_reply(res), metadata=dict(started=started, dependencies_met=True, engine=self.session.sid, status=res.status))
+        except KeyboardInterrupt as e: res,ki = None,e  # it landed in IPython's bookkeeping, not in the cell
+        finally: self.user_done(sub)
+        with headroom():  # the reply goes out whatever recursion limit the cell left behind
+            if res is None:
+                res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=plain_tb(ki)))
+                self.ch.pub("error", res.error)
+            # stop_on_error: abort what arrived before this reply, never what the client sends after seeing it
+            if res.status == "error" and c.get("stop_on_error", True): sub.abort_before = monotonic()
+            req.reply(self.exec_reply(res), metadata=dict(started=started, dependencies_met=True, engine=self.session.sid, status=res.status))
         # `exit`: stop a moment after the reply, as ipykernel does; jupyter console stops reading replies once the kernel is gone
         if self.bridge.ip.exit_now and not silent: threading.Timer(0.1, self.stop).start()
 
@@ -283,8 +294,16 @@ class Kernel:
     def unanswered(self, req, exc=None):
         "A request whose handler died (an interrupt landing in kernel code, a bug) still gets an error reply: clients never hang."
         if req.replied or not req.msg_type.endswith("_request"): return
-        ename = type(exc).__name__ if exc else "KernelError"
-        req.reply(status="error", ename=ename, evalue=str(exc or "the request was not completed"), traceback=[])
+        err = dict(ename=type(exc).__name__ if exc else "KernelError", evalue=safe_str(exc or "the request was not completed"),
+            traceback=plain_tb(exc) if exc is not None else [])
+        if req.msg_type != "execute_request": return req.reply(status="error", **err)
+        self.ch.pub("error", err, parent=req.msg)
+        req.reply(status="error", execution_count=self.bridge.count - 1, user_expressions={}, payload=[], **err)
+
+    def user_done(self, sub):
+        "User code has left the stack: the kernel's own SIGINT handler is back if the cell replaced it."
+        sub.running = False
+        if sub is self.subs.parent and signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
 
     def abort(self, req):
         "An `aborted` execute reply, with busy/idle around it; no execution_count (JupyterLab would show it)."
@@ -333,9 +352,10 @@ class Kernel:
         parent = current_parent()
         req_msg = self.session.msg("input_request", dict(prompt=prompt, password=password), parent)
         mid,box,ev = req_msg["header"]["msg_id"],[],threading.Event()
-        self.waiting[mid] = box,ev,threading.current_thread(),(parent or {}).get("header", {}).get("session")
-        self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
-        try: ev.wait()
+        try:  # all inside: an interrupt landing before the wait must not leave this request waiting for the next input_reply
+            self.waiting[mid] = box,ev,threading.current_thread(),(parent or {}).get("header", {}).get("session")
+            self.stdin_t.outbox.put(self.session.serialize(req_msg, (parent or {}).get("idents", [])))
+            ev.wait()
         except KeyboardInterrupt: box[:] = [KeyboardInterrupt]
         finally: self.waiting.pop(mid, None)
         if box[0] is KeyboardInterrupt: raise KeyboardInterrupt("Interrupted by user") from None
@@ -357,10 +377,15 @@ class Kernel:
         self.unanswered(req, KeyboardInterrupt("interrupted"))
         self.idle_once(req)
 
+    def sigint_introspection(self):
+        "`stop_introspection` for SIGINT, on a thread of its own: the main thread may hold the lock a reply takes."
+        block_signals()
+        self.stop_introspection()
+
     def on_sigint(self, sig, frame):
         "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
-        # not here: this thread may hold the lock a reply takes
-        if self.introspector.job: threading.Thread(target=self.stop_introspection, daemon=True, name="ipymini-sigint").start()
+        if self.exiting: raise KeyboardInterrupt  # an atexit handler that hangs (see run_atexit)
+        if self.introspector.job: threading.Thread(target=self.sigint_introspection, daemon=True, name="ipymini-sigint").start()
         if self.subs is None: return
         for s in self.subs.subs.values(): s.interrupt()
         if self.subs.parent.interrupt(): return
@@ -387,9 +412,9 @@ class Kernel:
     def start(self):
         "Sockets first, so the first kernel_info is answered while IPython loads; then the shell; then serve on this thread."
         self.start_sockets()
-        signal.signal(signal.SIGINT, self.on_sigint)
-        signal.signal(signal.SIGTERM, lambda *a: self.stop())
-        signal.signal(signal.SIGUSR1, self.dump_stacks)
+        self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.dump_stacks}
+        self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
+        os.register_at_fork(after_in_child=self.forked)
         from . import comms
         from .bridge import KernelBridge
         from .subshell import SubshellManager
@@ -406,8 +431,34 @@ class Kernel:
         self.subs.parent.run()
         self.finish()
 
+    def on_sigterm(self, sig, frame): self.stop()
+
+    def forked(self):
+        "A child of user code (multiprocessing's fork, `os.fork`) gets the signal handlers a fresh Python has, and no kernel."
+        for sig,h in self.fresh.items():
+            if signal.getsignal(sig) == self.ours[sig]: signal.signal(sig, h)  # a handler user code set stays
+        self.stopping.set()  # nothing in the child may start a shutdown of a kernel it is not
+        # IPython's exit hook would reset the namespace and close the parent's history session from the child
+        if self.bridge is not None: atexit.unregister(self.bridge.ip.atexit_operations)
+
+    def run_atexit(self, budget=1.0):
+        """Run the `atexit` handlers (the user's, then IPython's exit hooks) as an exiting Python would; `os._exit` skips them.
+        A handler still running after `budget` seconds is interrupted (and logged), so shutdown keeps its 2 s budget."""
+        done,main = threading.Event(),threading.main_thread().ident
+        def cut():
+            if done.wait(budget): return
+            log.warning("atexit handlers still running after %.1f s: interrupting them", budget)
+            while not done.wait(0.1): signal.pthread_kill(main, signal.SIGINT)  # each hanging handler, until none is left
+        self.exiting = True  # on_sigint raises now
+        threading.Thread(target=cut, daemon=True, name="ipymini-atexit").start()
+        try: atexit._run_exitfuncs()
+        except BaseException as e: log.warning("atexit: %r", e)
+        finally: done.set()
+
     def finish(self):
-        self.bridge.shutdown()
+        if signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
+        if sys.getrecursionlimit() < 1000: sys.setrecursionlimit(1000)  # exiting: the user's limit must not stop the clean-up
+        self.run_atexit()
         end_children()
         if (debug := sys.modules.get("ipymini.debug")) is not None: debug.cleanup()  # the cell files dumpCell wrote
         self.ch.flush()

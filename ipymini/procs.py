@@ -1,5 +1,6 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
-import logging, os, signal, sys, threading, time
+import _imp, logging, os, signal, sys, threading, time
+from contextlib import contextmanager
 
 log = logging.getLogger("ipymini")
 
@@ -7,6 +8,36 @@ def env_flag(name, default:bool) -> bool:
     "The boolean environment flag `name` (0/1, false/true), or `default` when unset: every IPYMINI_* flag is read through here."
     v = os.environ.get(name)
     return default if v is None else v.strip().lower() not in ("0", "false", "no", "off", "")
+
+@contextmanager
+def headroom(frames=1000):
+    "Kernel code that must not fail (replies, logs) gets `frames` of recursion limit, whatever limit user code set."
+    lim = sys.getrecursionlimit()
+    if lim < frames: sys.setrecursionlimit(frames)
+    try: yield
+    finally:
+        if lim < frames and sys.getrecursionlimit() == frames:
+            try: sys.setrecursionlimit(lim)  # the user's limit again (refused if we are deeper than it)
+            except RecursionError: pass
+
+def release_import_lock():
+    """A RecursionError inside importlib (under a limit user code lowered) can leave this thread holding the global import
+    lock: every other thread's next import would wait for ever. Between requests this thread imports nothing: let it go."""
+    while _imp.lock_held():
+        try: _imp.release_lock()
+        except RuntimeError: return  # held by another thread, which is importing right now
+
+def safe_str(e) -> str:
+    "`str(e)`, or a placeholder when the exception's `__str__` raises or recurses."
+    try: return str(e)
+    except BaseException: return f"<unprintable {type(e).__name__} object>"
+
+def plain_tb(e) -> list:
+    "Python's own traceback of `e` as lines, for when IPython could not format one."
+    import traceback
+    with headroom():
+        try: return traceback.format_exception(type(e), e, e.__traceback__)
+        except BaseException: return [f"{type(e).__name__}: {safe_str(e)}"]
 
 def banner() -> str:
     "IPython's banner text, without importing IPython if it is not loaded yet."

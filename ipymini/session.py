@@ -1,5 +1,6 @@
 "The Jupyter wire format: sign, pack and unpack messages, as `jupyter_client.session.Session` does, without its import cost."
-import hashlib, hmac, itertools, json, math, os
+import hashlib, hmac, itertools, math, os
+from json import dumps, loads  # bound now: user code that rebinds `json.dumps` must not break the kernel's messages
 from collections import deque
 from datetime import datetime, timezone
 from binascii import b2a_base64
@@ -26,8 +27,8 @@ def clean(o):
     return o
 
 def pack(o) -> bytes:
-    try: s = json.dumps(o, default=json_default, ensure_ascii=False, allow_nan=False)
-    except ValueError: s = json.dumps(clean(o), default=json_default, ensure_ascii=False, allow_nan=False)
+    try: s = dumps(o, default=json_default, ensure_ascii=False, allow_nan=False)
+    except ValueError: s = dumps(clean(o), default=json_default, ensure_ascii=False, allow_nan=False)
     return s.encode("utf8", errors="surrogateescape")
 
 class Session:
@@ -75,7 +76,7 @@ class Session:
             if not hmac.compare_digest(sig, self.sign(parts[:4])): raise ValueError("invalid signature")
             if sig in self.seen: raise ValueError("duplicate signature (replayed message)")
             self.remember(sig)
-        try: header,parent,md,content = (json.loads(p) for p in parts[:4])
+        try: header,parent,md,content = (loads(p) for p in parts[:4])
         except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"bad JSON: {e}") from None
         if not isinstance(header, dict) or not isinstance(header.get("msg_type"), str): raise ValueError("header without msg_type")
         if not isinstance(content, dict): raise ValueError("content is not an object")

@@ -2,6 +2,7 @@
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from .capture import SUB
 from .eventloops import parked
+from .procs import headroom, release_import_lock
 
 log = logging.getLogger("ipymini")
 STOP = object()
@@ -14,6 +15,10 @@ def sleep(secs):
     if sub is None or not sub.running or secs <= 0: return real_sleep(secs)
     sub.woken.clear()  # an earlier interrupt of this cell was delivered already (as an async exception)
     if sub.woken.wait(secs): raise KeyboardInterrupt
+
+def uncancel(task):
+    "Forget cancel requests an interrupt made (3.11+ counts them; `asyncio.timeout` in a later cell would see them)."
+    while getattr(task, "cancelling", lambda: 0)(): task.uncancel()
 
 class WatchedSelector(selectors.DefaultSelector):
     "A selector that knows when its loop is waiting, so an interrupt can tell an awaiting cell from a computing one."
@@ -32,7 +37,7 @@ class Subshell:
         self.kernel,self.sid = kernel,sid
         self.sel = WatchedSelector()
         self.loop = asyncio.SelectorEventLoop(self.sel)
-        self.queue,self.task,self.thread = asyncio.Queue(),None,None
+        self.queue,self.task,self.thread,self.req,self.done = asyncio.Queue(),None,None,None,False
         self.running,self.abort_before,self.wakeup = False,0.0,None  # `running`: user code may be on the stack (interrupts land only then)
         self.woken = threading.Event()  # set by an interrupt: ends a `time.sleep` in this subshell's cell
 
@@ -40,29 +45,45 @@ class Subshell:
     def stop(self): self.submit(STOP)
 
     async def serve(self):
+        "Run requests one by one, awaited in this one task, so every cell shares the subshell's `contextvars` context."
+        # a cell's ContextVar changes (`v.set(...)`, `decimal.getcontext().prec = 5`) are seen by the next cell, as in ipykernel
         SUB.set(self.sid)
         while (req := await self.queue.get()) is not STOP:
+            self.req = req
             try:
                 if req.msg_type == "execute_request" and req.arrived < self.abort_before: self.kernel.abort(req)
                 else:
-                    self.task = asyncio.ensure_future(self.kernel.dispatch(self.kernel.shell_handlers, req))
-                    await self.task
-            except BaseException as e:
-                if not isinstance(e, KeyboardInterrupt): log.exception("error serving %s", req.msg_type)
-                self.kernel.unanswered(req, e)
-            finally: self.task = None
+                    self.task = asyncio.current_task()
+                    await self.kernel.dispatch(self.kernel.shell_handlers, req)
+            except BaseException as e: self.failed(req, e)
+            self.task = self.req = None  # not in a `finally`: if failed() itself raises, run() answers `req`
+            uncancel(asyncio.current_task())
+            release_import_lock()
+        self.done = True
+
+    def failed(self, req, e):
+        "`req`'s handler raised (an interrupt or a user signal handler landing in kernel code, a RecursionError): it still gets a reply."
+        with headroom():
+            if not isinstance(e, KeyboardInterrupt): log.exception("error serving %s", req.msg_type)
+            self.kernel.unanswered(req, e)
 
     def run(self):
-        "Serve until stopped; a KeyboardInterrupt that lands in the loop's own code rather than a cell is shrugged off."
+        "Serve until stopped; an exception that lands in the loop's own code rather than in a request is shrugged off."
         # kernel threads start with SIGINT/SIGTERM blocked (see Kernel.__init__); user code here must not pass that on to
         # the processes it starts, which inherit the mask
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         if self.thread is not None: here.sub = self
         asyncio.set_event_loop(self.loop)
         fut = self.loop.create_task(self.serve())
-        while not fut.done():
+        while not self.done:
             try: self.loop.run_until_complete(fut)
-            except KeyboardInterrupt: pass
+            except BaseException as e:
+                # a user's signal handler can raise anything, anywhere; a RecursionError can unwind serve() itself
+                with headroom():
+                    if not isinstance(e, KeyboardInterrupt): log.warning("subshell %s: %r in the loop's own code", self.sid, e)
+                    if fut.done() and not self.done:  # serve() itself died: answer its request and serve again
+                        if self.req is not None: self.failed(self.req, e)
+                        fut,self.req,self.task = self.loop.create_task(self.serve()),None,None
 
     def start(self):
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"ipymini-sub-{self.sid}")

@@ -111,7 +111,7 @@ def test_two_clients_answer_concurrently(km, kc):
 
 def test_unparented_reply_with_two_prompts_is_refused(km, kc, is_ipymini):
     """One client with two prompts waiting (parent and subshell): a reply without a parent could be for either, so it is refused
-    and logged; replies naming their request each reach their own cell. ipykernel hands the unparented one to a cell."""
+    and logged; replies naming their request each reach their own cell. On ipykernel only the parented replies are checked."""
     sid = request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
     a = kc.execute("print('main got', input('main? '))", allow_stdin=True)
     b = execute_on(kc, "print('sub got', input('sub? '))", sid)

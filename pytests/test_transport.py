@@ -86,6 +86,11 @@ def test_curve_required(kernel_name, tmp_path):
         assert not any(s.poll(2000) for s in [*socks, sub, hb])
         assert run(kc, "1")[0]["status"] == "ok"  # anything the bad clients sent would have run before this
         assert not mark.exists()
+        good = dict(curve_serverkey=km.curve_publickey, curve_publickey=wrong_pub, curve_secretkey=wrong_sec)
+        ping = raw(km, zmq.REQ, "hb", **good)  # any client that knows the server's public key may talk to it
+        ping.send(b"ping")
+        assert ping.poll(TIMEOUT * 1000) and ping.recv() == b"ping"
+        ping.close()
         for s in [*socks, sub, hb]: s.close()
         kc.stop_channels()
     finally: km.shutdown_kernel(now=True)
