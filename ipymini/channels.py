@@ -76,7 +76,9 @@ class SockThread(threading.Thread):
         except zmq.Again: self.dropped += 1
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH: raise
-            log.debug("%s: a reply for a client that has gone", self.name)
+            self.unreachable(frames)
+
+    def unreachable(self, frames): log.debug("%s: a message for a client that has gone", self.name)
 
     def drained(self):
         "The outbox is empty: the end of a burst, and of any dropping episode in it, which is logged once, with its count."

@@ -1,15 +1,16 @@
 "The Jupyter kernel: ZMQ sockets on their own threads, request dispatch, subshells, interrupts and shutdown."
-import atexit, logging, os, signal, sys, threading
+import atexit, json, logging, os, signal, sys, threading
 from time import monotonic  # bound now: user code may rebind `time.monotonic` (freezegun does)
 from contextlib import contextmanager
 import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
 from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
-from .session import Session, now
+from .session import DELIM, Session, now
 from .procs import banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
+unanswerable = object()  # the answer to an input_request no client can get
 DEBUG = env_flag("IPYMINI_DEBUG", False)
 
 shell_msgs   = ("execute_request complete_request inspect_request is_complete_request history_request kernel_info_request "
@@ -87,6 +88,7 @@ class Kernel:
         self.shell_t = SockThread(self, self.bind(zmq.ROUTER, "shell_port"), "shell", self.on_shell)
         self.control_t = SockThread(self, self.bind(zmq.ROUTER, "control_port"), "control", self.on_control)
         self.stdin_t = SockThread(self, self.bind(zmq.ROUTER, "stdin_port"), "stdin", self.on_stdin)
+        self.stdin_t.unreachable = self.no_stdin
         hb = self.bind(zmq.ROUTER, "hb_port")
         self.threads = [self.iopub, self.shell_t, self.control_t, self.stdin_t]
         for t in self.threads: t.start()
@@ -359,7 +361,16 @@ class Kernel:
         except KeyboardInterrupt: box[:] = [KeyboardInterrupt]
         finally: self.waiting.pop(mid, None)
         if box[0] is KeyboardInterrupt: raise KeyboardInterrupt("Interrupted by user") from None
+        if box[0] is unanswerable:
+            from IPython.core.error import StdinNotImplementedError
+            raise StdinNotImplementedError("input() asked a client that has no stdin channel connected")
         return box[0]
+
+    def no_stdin(self, frames):
+        "An input_request for a client with no stdin socket (ROUTER_MANDATORY says so): its input() raises, never waits for good."
+        try: mid = json.loads(frames[frames.index(DELIM) + 2])["msg_id"]
+        except (ValueError, IndexError, KeyError, TypeError): return
+        if mid in self.waiting: self.answer(mid, unanswerable)
 
     def interrupt(self):
         "Interrupt the parent subshell by SIGINT (so it lands in user code), the others by async exception; end input() waits."

@@ -128,3 +128,17 @@ def test_unparented_reply_with_two_prompts_is_refused(km, kc, is_ipymini):
     assert text(iopub_until_idle(kc, a)) == "main got main-answer\n" and text(iopub_until_idle(kc, b)) == "sub got sub-answer\n"
     assert shell_reply(kc, a)["content"]["status"] == "ok" and shell_reply(kc, b)["content"]["status"] == "ok"
     request(kc, "delete_subshell_request", "control", subshell_id=sid)
+
+def test_input_for_a_client_without_stdin(kernel_name):
+    """A client that allows stdin but has no stdin socket connected: input() raises StdinNotImplementedError at once (the
+    kernel's stdin router says the client is unreachable), where ipykernel's input() waits for good."""
+    import zmq
+    with start_kernel(kernel_name) as (km,kc):
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(km._make_url("shell"))
+        kc.session.send(dealer, kc.session.msg("execute_request", dict(code="input('? ')", silent=False, allow_stdin=True)))
+        assert dealer.poll(10_000), "no reply: input() is waiting for a client that cannot answer"
+        reply = kc.session.recv(dealer)[1]["content"]
+        dealer.close()
+        assert reply["status"] == "error" and reply["ename"] == "StdinNotImplementedError"
