@@ -457,7 +457,6 @@ class Kernel:
         "A child of user code (multiprocessing's fork, `os.fork`) gets the signal handlers a fresh Python has, and no kernel."
         for sig,h in self.fresh.items():
             if signal.getsignal(sig) == self.ours[sig]: signal.signal(sig, h)  # a handler user code set stays
-        self.stopping.set()  # nothing in the child may start a shutdown of a kernel it is not
         signal.set_wakeup_fd(-1)  # the child's signals are not ours to relay
         # IPython's exit hook would reset the namespace and close the parent's history session from the child
         if self.bridge is not None: atexit.unregister(self.bridge.ip.atexit_operations)
@@ -474,7 +473,9 @@ class Kernel:
         threading.Thread(target=cut, daemon=True, name="ipymini-atexit").start()
         try: atexit._run_exitfuncs()
         except BaseException as e: log.warning("atexit: %r", e)
-        finally: done.set()
+        finally:
+            self.exiting = False  # first: an interrupt from here on must not escape the clean-up
+            done.set()
 
     def finish(self):
         if signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)

@@ -15,6 +15,7 @@ cells = [
     "print('still running')",
 ]
 addr = re.compile(r"0x[0-9a-fA-F]{6,}")
+counts = re.compile(r"\b(In|Out) ?\[\d+\]")  # execution counts: each kernel may need a different number of settling cells
 
 def run_notebook(kernel_name):
     nb = new_notebook(cells=[new_code_cell(c) for c in cells])
@@ -66,6 +67,18 @@ console_cells = [
     ("1/0", None),
 ]
 
+def settle(p):
+    """Run marker cells until one's output shows before the next prompt. jupyter console ends a cell at any idle status from
+    its session: a late one from its start-up (its kernel_info's, on a busy machine) ends the first cell early, and from
+    then on each cell's output shows one cell late. An empty line prints what has arrived, which ends the shift."""
+    for i in range(10):
+        p.sendline(f"print('sync{i}')")
+        p.expect(r"In \[\d+\]: ")
+        if f"\nsync{i}\r\n" in p.before: return
+        p.sendline("")
+        p.expect(r"In \[\d+\]: ")
+    raise AssertionError("jupyter console's outputs never caught up with its cells")
+
 def console_session(kernel_name):
     "What `jupyter console` prints for each input, through a pty, then whether `exit` ends the session."
     pexpect = pytest.importorskip("pexpect")
@@ -77,11 +90,12 @@ def console_session(kernel_name):
         # jupyter console waits for its cell's idle status forever if its IOPub subscription joins after that status went out
         # (ZMQ's slow joiner; it ignores iopub_welcome): give the subscription time to connect before the first cell
         time.sleep(1)
+        settle(p)
         seen = []
         for code,prompt in console_cells:
             p.sendline(code)
             p.expect(prompt or r"In \[\d+\]: ")
-            seen.append(addr.sub("0x…", p.before))
+            seen.append(counts.sub(r"\1[N]", addr.sub("0x…", p.before)))
         p.sendline("exit")
         p.expect(pexpect.EOF)
         return seen
