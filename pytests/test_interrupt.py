@@ -62,3 +62,15 @@ def test_interrupt_while_printing(kc, km, cell):
         assert shell_reply(kc, mid)["content"]["status"] == "error"
         iopub_until_idle(kc, mid)
         assert run(kc, "1+1")[0]["status"] == "ok"
+
+def test_sigint_taken_by_another_thread(kc):
+    """A SIGINT that the OS hands to some other thread (Qt's XCB and D-Bus threads, threads of user code: all accept signals)
+    still ends a main-thread `time.sleep`. Here a thread of the cell is sent the signal directly. ipykernel fails this (the
+    sleep runs its full 30 s, the reply misses the deadline): its handler runs only when the sleep ends on its own."""
+    code = ("import signal, threading, time\nt = threading.Thread(target=time.sleep, args=(3,)); t.start()\n"
+        "threading.Timer(0.3, signal.pthread_kill, args=(t.ident, signal.SIGINT)).start()\ntime.sleep(30)")
+    t0 = time.monotonic()
+    reply = shell_reply(kc, kc.execute(code), timeout=15)["content"]
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - t0 < 10
+    assert run(kc, "1+1")[0]["status"] == "ok"
