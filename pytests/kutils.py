@@ -1,5 +1,5 @@
 "Helpers that drive a kernel through jupyter_client the way a front end does."
-import os, queue, time
+import os, queue, tempfile, time
 from contextlib import contextmanager
 from jupyter_client import KernelManager
 
@@ -18,6 +18,22 @@ def start_kernel(name="ipymini", **kw):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+@contextmanager
+def logged_kernel(name, **kw):
+    "`start_kernel` with the kernel's stderr in a file, `km.log_file`, so tests can read what it logs."
+    with tempfile.TemporaryFile("w+") as log, start_kernel(name, stderr=log, **kw) as (km,kc):
+        km.log_file = log
+        yield km,kc
+
+def other_client(km):
+    "A second client with a session (so a routing identity) of its own; `km.client()` would share the first one's."
+    from jupyter_client import BlockingKernelClient
+    kc = BlockingKernelClient(connection_file=km.connection_file)
+    kc.load_connection_file()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return kc
 
 def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
     "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped); others are kept for their own callers."
@@ -59,6 +75,17 @@ def request(kc, msg_type, channel="shell", timeout=TIMEOUT, **content):
     while True:
         m = ch.get_msg(timeout=max(0.01, end - time.monotonic()))
         if m["parent_header"].get("msg_id") == msg["header"]["msg_id"]: return m
+
+def gone(pid, timeout=5.0):
+    "True once `pid` no longer runs (a zombie counts as gone)."
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z": return True
+        except OSError: return True
+        time.sleep(0.02)
+    return False
 
 def types(outs): return [m["msg_type"] for m in outs]
 def text(outs, name="stdout"): return "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream" and m["content"]["name"] == name)

@@ -2,6 +2,7 @@
 windows paint and follow later cells, requests and interrupts are served with a window open, `%gui` stops the loop,
 shutdown is prompt. Pixels are read from the X server (`xwd`), so they are what a person would see."""
 import os, select, subprocess, time
+from contextlib import contextmanager
 import numpy as np, pytest
 from kutils import run, start_kernel, shell_reply, result, text, wait_msg, TIMEOUT
 
@@ -13,15 +14,19 @@ timers = dict(
 
 @pytest.fixture(scope="module", params=["qt", "tk"])
 def gui(request, kernel_name):
-    "`(toolkit, display, km, kc)`: an Xvfb of its own (a free display number Xvfb picks) and a kernel that uses it."
+    "`(toolkit, display, km, kc)`: an Xvfb of its own and a kernel that uses it."
+    with xvfb() as display, start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc): yield request.param,display,km,kc
+
+@contextmanager
+def xvfb(size="1024x768x24"):
+    "A virtual X display of our own (Xvfb picks a free number and writes it to a pipe); its name, e.g. `:3`."
     r,w = os.pipe()
-    x = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"], pass_fds=(w,),
+    x = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", size, "-nolisten", "tcp"], pass_fds=(w,),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     try:
         assert select.select([r], [], [], 30)[0], "Xvfb did not start"
-        display = ":" + os.read(r, 100).decode().strip()
-        with start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc): yield request.param,display,km,kc
+        yield ":" + os.read(r, 100).decode().strip()
     finally:
         os.close(r)
         x.terminate()
@@ -120,24 +125,13 @@ def test_one_toolkit_at_a_time(gui):
 def test_shutdown_with_window_is_prompt(tk, kernel_name):
     """A kernel with a window open shuts down (process gone, window gone) within 3 s.
     ipykernel 7 with a Tk window open took the client's full 10 s here."""
-    r,w = os.pipe()
-    x = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"], pass_fds=(w,),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    try:
-        assert select.select([r], [], [], 30)[0], "Xvfb did not start"
-        display = ":" + os.read(r, 100).decode().strip()
-        with start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc):
-            ok(kc, f"%matplotlib {tk}\nimport matplotlib.pyplot as plt\nfig = plt.figure(facecolor='#ff00ff')\nplt.show(block=False)")
-            assert wait_pixels(display, 0xFF00FF) >= 2000
-            t = time.monotonic()
-            km.request_shutdown()
-            end = t + 10
-            while km.is_alive() and time.monotonic() < end: time.sleep(0.02)
-            took = time.monotonic() - t
-            assert not km.is_alive() and took < 3, f"shutdown took {took:.2f} s"
-            assert wait_pixels(display, 0xFF00FF, n=1, timeout=0) == 0, "the window is gone"
-    finally:
-        os.close(r)
-        x.terminate()
-        x.wait(10)
+    with xvfb("800x600x24") as display, start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc):
+        ok(kc, f"%matplotlib {tk}\nimport matplotlib.pyplot as plt\nfig = plt.figure(facecolor='#ff00ff')\nplt.show(block=False)")
+        assert wait_pixels(display, 0xFF00FF) >= 2000
+        t = time.monotonic()
+        km.request_shutdown()
+        end = t + 10
+        while km.is_alive() and time.monotonic() < end: time.sleep(0.02)
+        took = time.monotonic() - t
+        assert not km.is_alive() and took < 3, f"shutdown took {took:.2f} s"
+        assert wait_pixels(display, 0xFF00FF, n=1, timeout=0) == 0, "the window is gone"

@@ -1,19 +1,8 @@
 "The kernel as a process: SIGTERM, child processes ended at shutdown and restart, parent death, usage, logging, stack dumps."
 import os, signal, subprocess, sys, tempfile, time, pytest
-from kutils import run, request, text, start_kernel, TIMEOUT
+from kutils import gone, run, request, text, start_kernel, TIMEOUT
 
 pytestmark = pytest.mark.slow
-
-def gone(pid, timeout=5.0):
-    "True once `pid` no longer runs (a zombie counts as gone)."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1][0] == "Z": return True
-        except OSError: return True
-        time.sleep(0.05)
-    return False
 
 def spawn_sleep(kc):
     _,outs = run(kc, "import subprocess; p = subprocess.Popen(['sleep', '1000']); print(p.pid)")

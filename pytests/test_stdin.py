@@ -1,13 +1,10 @@
 "stdin: input() and getpass() round trips, allow_stdin false, EOF, interrupts while waiting, stray replies."
-import tempfile, time, pytest
-from kutils import request, shell_reply, iopub_until_idle, start_kernel, text, TIMEOUT
+import time, pytest
+from kutils import logged_kernel, other_client, request, shell_reply, iopub_until_idle, start_kernel, text, TIMEOUT
 
 @pytest.fixture(scope="module")
 def kernel(kernel_name):
-    "A kernel whose stderr goes to a file, so tests can read what it logs."
-    with tempfile.TemporaryFile("w+") as log, start_kernel(kernel_name, stderr=log) as (km,kc):
-        km.log_file = log
-        yield km,kc
+    with logged_kernel(kernel_name) as k: yield k
 
 def ask(kc, code, answer=None, **kw):
     "Run `code`, answer its input_request with `answer`; `(input_request msg, reply content, iopub outs)`."
@@ -72,15 +69,6 @@ def test_stray_reply_is_ignored_and_logged(kc, km, is_ipymini):
     else: assert not is_ipymini, "no log line for the stray reply"
     _,reply,outs = ask(kc, "print(input())", "real")
     assert reply["status"] == "ok" and text(outs) == "real\n"
-
-def other_client(km):
-    "A second client with a session (so a routing identity) of its own; `km.client()` would share the first one's."
-    from jupyter_client import BlockingKernelClient
-    kc = BlockingKernelClient(connection_file=km.connection_file)
-    kc.load_connection_file()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return kc
 
 def execute_on(kc, code, sid):
     "Send an execute_request (stdin allowed) to subshell `sid`; its msg_id."

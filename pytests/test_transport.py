@@ -1,23 +1,12 @@
 "Every connection a client can make: ipc, CurveZMQ, reconnects with one identity, slow readers, hanging introspection, control."
-import json, os, subprocess, sys, tempfile, time, pytest, zmq
-from jupyter_client import BlockingKernelClient, KernelManager
+import json, os, subprocess, sys, time, pytest, zmq
+from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
-from kutils import TIMEOUT, iopub_until_idle, request, result, run, shell_reply, start_kernel, text
+from kutils import logged_kernel, other_client, TIMEOUT, iopub_until_idle, request, result, run, shell_reply, start_kernel, text
 
 @pytest.fixture(scope="module")
 def kernel(kernel_name):
-    "A kernel whose stderr goes to a file, so tests can read what it logs."
-    with tempfile.TemporaryFile("w+") as log, start_kernel(kernel_name, stderr=log) as (km,kc):
-        km.log_file = log
-        yield km,kc
-
-def other_client(km):
-    "A second client with a session (so an identity) of its own; `km.client()` would share the first one's."
-    kc = BlockingKernelClient(connection_file=km.connection_file)
-    kc.load_connection_file()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return kc
+    with logged_kernel(kernel_name) as k: yield k
 
 def logged(km, what, timeout=TIMEOUT):
     "Wait until the kernel's stderr holds `what`; its whole text."

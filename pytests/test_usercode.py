@@ -1,7 +1,7 @@
 """What user code does to the kernel it runs in: contextvars across cells, unprintable errors, debugger prompts, rebound
 builtins and hooks, signal handlers, atexit at shutdown, forked children. User code may break its own cells, never the kernel."""
 import os, re, signal, subprocess, sys, time, pytest
-from kutils import run, request, shell_reply, iopub_until_idle, start_kernel, types, text, drain, TIMEOUT
+from kutils import gone, run, request, shell_reply, iopub_until_idle, start_kernel, types, text, drain, TIMEOUT
 from test_subshells import create, delete, execute
 
 ansi = re.compile(r"\x1b\[[0-9;]*m")
@@ -9,17 +9,6 @@ def plain(tb): return ansi.sub("", "\n".join(tb))
 def clean_env(**kw):
     "The environment without pytest's marker (ipykernel turns its fd capture off when it sees it), plus `kw`."
     return {**{k: v for k,v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, **kw}
-
-def gone(pid, timeout=5.0):
-    "True once `pid` no longer runs (a zombie counts as gone)."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1][0] == "Z": return True
-        except OSError: return True
-        time.sleep(0.02)
-    return False
 
 # --- 1. one contextvars context per subshell
 
