@@ -52,7 +52,7 @@ class Kernel:
     def __init__(self, conn:dict):
         # threads made from here to the loop's start (ours, zmq's, IPython's) block SIGINT and SIGTERM, so a signal sent to
         # the process is taken by the main thread, where it interrupts whatever the main thread is blocked in
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        block_signals()
         self.conn,self.stopping,self.ready = conn,threading.Event(),threading.Event()
         self.session = Session(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
         if not conn.get("key"): log.warning("connection file has no key: messages are not signed")

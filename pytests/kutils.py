@@ -1,5 +1,5 @@
 "Helpers that drive a kernel through jupyter_client the way a front end does."
-import os, queue, tempfile, time
+import os, queue, signal, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from jupyter_client import KernelManager
 
@@ -86,6 +86,27 @@ def gone(pid, timeout=5.0):
         except OSError: return True
         time.sleep(0.02)
     return False
+
+@contextmanager
+def orphaned_kernel(kernel_name, tmp_path, code=None):
+    """A kernel started by a launcher process (so JPY_PARENT_PID is the launcher's), `code` run in it, then the launcher
+    SIGKILLed; yields the kernel's pid, and kills the kernel afterwards if it is still there."""
+    script = tmp_path / "launcher.py"
+    script.write_text("import sys, time\nfrom jupyter_client import KernelManager\n"
+        f"km = KernelManager(kernel_name={kernel_name!r}); km.start_kernel()\n"
+        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
+        + (f"kc.execute_interactive({code!r}, timeout=30)\n" if code else "")
+        + "print(km.provisioner.process.pid, flush=True)\ntime.sleep(1000)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    kpid = None
+    try:
+        kpid = int(p.stdout.readline())
+        p.kill()
+        p.wait()
+        yield kpid
+    finally:
+        p.kill()
+        if kpid is not None and not gone(kpid, 0.1): os.kill(kpid, signal.SIGKILL)
 
 def types(outs): return [m["msg_type"] for m in outs]
 def text(outs, name="stdout"): return "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream" and m["content"]["name"] == name)

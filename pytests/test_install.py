@@ -1,5 +1,5 @@
 "`python -m ipymini install`: the kernelspec lands where Jupyter looks, naming this interpreter; the CLI's usage errors."
-import json, os, subprocess, sys, pytest
+import json, os, subprocess, sys
 
 def install(*args, **env):
     return subprocess.run([sys.executable, "-m", "ipymini", "install", *args], capture_output=True, text=True,

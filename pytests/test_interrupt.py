@@ -1,6 +1,6 @@
 "Interrupts by SIGINT (KernelManager.interrupt_kernel) and by interrupt_request on control, of every kind of cell."
 import time, pytest
-from kutils import run, request, shell_reply, iopub_until_idle, types, text, wait_msg, TIMEOUT
+from kutils import run, request, shell_reply, iopub_until_idle, text, wait_msg, TIMEOUT
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 "The kernel as a process: SIGTERM, child processes ended at shutdown and restart, parent death, usage, logging, stack dumps."
-import os, signal, subprocess, sys, tempfile, time, pytest
-from kutils import gone, run, request, text, start_kernel, TIMEOUT
+import os, signal, time, pytest
+from kutils import gone, orphaned_kernel, run, request, text, start_kernel
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +44,7 @@ def test_sigterm_during_a_busy_cell(kernel_name):
 
 def test_exits_when_parent_dies(kernel_name, tmp_path):
     "A kernel whose launcher is SIGKILLed (JPY_PARENT_PID) exits by itself."
-    script = tmp_path / "launcher.py"
-    script.write_text("import sys, time\nfrom jupyter_client import KernelManager\n"
-        f"km = KernelManager(kernel_name={kernel_name!r}); km.start_kernel()\n"
-        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
-        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(1000)\n")
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        kpid = int(p.stdout.readline())
-        p.kill()
-        p.wait()
-        assert gone(kpid, 10), "kernel still running after its parent died"
-    finally:
-        p.kill()
-        if 'kpid' in locals() and not gone(kpid, 0.1): os.kill(kpid, signal.SIGKILL)
+    with orphaned_kernel(kernel_name, tmp_path) as kpid: assert gone(kpid, 10), "kernel still running after its parent died"
 
 def test_usage_request(kc):
     c = request(kc, "usage_request", "control")["content"]

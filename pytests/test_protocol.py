@@ -1,5 +1,5 @@
 "The protocol core: kernel_info, connect, execute and its IOPub order, errors, aborts, bad input, shutdown."
-import json, os, time, uuid, pytest, zmq
+import os, time, pytest, zmq
 from jupyter_client.session import Session
 from kutils import run, request, types, text, result, shell_reply, iopub_until_idle, start_kernel, TIMEOUT
 

@@ -1,6 +1,6 @@
 "Subshells (JEP 91): lifecycle on control, concurrency, per-subshell counts, output parenting; async tasks across cells."
 import time, pytest
-from kutils import run, request, shell_reply, iopub_until_idle, start_kernel, types, text, wait_msg, TIMEOUT
+from kutils import run, request, shell_reply, iopub_until_idle, start_kernel, types, text, wait_msg
 
 def create(kc): return request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
 def delete(kc, sid): return request(kc, "delete_subshell_request", "control", subshell_id=sid)["content"]

@@ -1,7 +1,7 @@
 """What user code does to the kernel it runs in: contextvars across cells, unprintable errors, debugger prompts, rebound
 builtins and hooks, signal handlers, atexit at shutdown, forked children. User code may break its own cells, never the kernel."""
-import os, re, signal, subprocess, sys, time, pytest
-from kutils import gone, run, request, shell_reply, iopub_until_idle, start_kernel, types, text, drain, TIMEOUT
+import os, re, signal, time, pytest
+from kutils import gone, orphaned_kernel, run, request, shell_reply, iopub_until_idle, start_kernel, types, text, drain, TIMEOUT
 from test_subshells import create, delete, execute
 
 ansi = re.compile(r"\x1b\[[0-9;]*m")
@@ -207,22 +207,10 @@ def test_atexit_runs_at_shutdown(kernel_name, how, tmp_path):
 def test_atexit_runs_when_parent_dies(kernel_name, tmp_path):
     """A kernel whose launcher (JPY_PARENT_PID) is SIGKILLed runs the user's atexit handlers as it exits. ipykernel 7.4
     exits without running them."""
-    script = tmp_path / "launcher.py"
-    script.write_text("import sys, time\nfrom jupyter_client import KernelManager\n"
-        f"km = KernelManager(kernel_name={kernel_name!r}); km.start_kernel()\n"
-        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
-        f"kc.execute_interactive(\"import atexit; _ = atexit.register(lambda: open({str(tmp_path / 'saved')!r}, 'w').write('saved'))\", timeout=30)\n"
-        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(1000)\n")
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        kpid = int(p.stdout.readline())
-        p.kill()
-        p.wait()
+    saving = f"import atexit; _ = atexit.register(lambda: open({str(tmp_path / 'saved')!r}, 'w').write('saved'))"
+    with orphaned_kernel(kernel_name, tmp_path, saving) as kpid:
         assert gone(kpid, 10), "kernel still running after its parent died"
         assert (tmp_path / "saved").read_text() == "saved"
-    finally:
-        p.kill()
-        if 'kpid' in locals() and not gone(kpid, 0.1): os.kill(kpid, signal.SIGKILL)
 
 def test_ipython_exit_hooks_run(kernel_name, tmp_path):
     "IPython's own exit work runs at shutdown: the history session is closed (its end time written), as in a terminal."
