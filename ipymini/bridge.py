@@ -11,7 +11,7 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.utils.tokenutil import line_at_cursor, token_at_cursor
 try: from IPython.core.completer import provisionalcompleter, rectify_completions
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
-from traitlets import Any, CBool, Instance, default
+from traitlets import Any, Bool, CBool, Instance, default
 from traitlets.config import Config
 from .capture import PARENT, SUB, current_parent, main_parent
 from .procs import env_flag, headroom, plain_tb, safe_str
@@ -37,11 +37,15 @@ class Result:
 
 class Publisher(DisplayPublisher):
     "IPython's display publisher, sending `display_data`, `update_display_data` and `clear_output`."
+    store_display_history = Bool(False, help="Keep each display's bundle in the history manager's `outputs` (IPython 9+), as ipykernel can.").tag(config=True)
     def __init__(self, shell=None, *args, **kw):
         super().__init__(shell=shell, *args, **kw)
         self.send = None  # set by install(): (msg_type, content, buffers) -> None
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, buffers=None, **kw):
+        if self.store_display_history and (outs := getattr(self.shell.history_manager, "outputs", None)) is not None:
+            from IPython.core.history import HistoryOutput
+            outs.setdefault(self.shell.execution_count - getattr(self, "_in_post_execute", False), []).append(HistoryOutput("display_data", data))
         self.send("update_display_data" if update else "display_data",
             dict(data=data, metadata=metadata or {}, transient=transient or {}), buffers)
 

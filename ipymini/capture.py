@@ -55,7 +55,7 @@ class Stream(io.TextIOBase):
     def __init__(self, name, out, fd):
         super().__init__()
         self.name,self.out,self.fd = name,out,fd
-    encoding,errors = "utf-8","replace"
+    encoding,errors = "UTF-8",None  # as ipykernel's streams say (text is sent as UTF-8; lone surrogates become U+FFFD)
     def writable(self): return True
     def isatty(self): return False
     def fileno(self): return self.fd

@@ -1,5 +1,5 @@
 "Comms through the `comm` package: a Comm that publishes on the kernel's IOPub, and the one CommManager."
-import sys, traceback
+import sys, traceback, warnings
 import comm
 from comm.base_comm import BaseComm, CommManager
 
@@ -9,6 +9,13 @@ class Comm(BaseComm):
     def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
         content = dict(data={} if data is None else data, comm_id=self.comm_id, **keys)
         self.kernel.ch.pub(msg_type, content, buffers=list(buffers or ()), metadata=metadata)
+
+class IPyComm(Comm):
+    "`ipykernel.comm.Comm` (bokeh, pyviz_comms, nbagg, ipyparallel): ipykernel's signature, ipymini's comm."
+    def __init__(self, target_name="", data=None, metadata=None, buffers=None, show_warning=True, **kw):
+        if show_warning: warnings.warn("`ipykernel.comm.Comm` is deprecated: make comms with `comm.create_comm`", DeprecationWarning, stacklevel=2)
+        kw.pop("kernel", None)
+        super().__init__(**({"target_name": target_name} if target_name else {}), data=data, metadata=metadata, buffers=buffers, **kw)
 
 def shown(what):
     "Print the current exception to stderr, which the client shows under the comm message that caused it (as ipykernel does)."
@@ -41,10 +48,15 @@ class Manager(CommManager):
         try: cm.handle_close(with_views(msg))
         except Exception: shown(f"Exception in comm_close for {cm.comm_id}")
 
+mgr = [None]
+def get_manager(): return mgr[0]
+
+def repoint():
+    "`comm.create_comm`/`get_comm_manager` make and find this kernel's comms (again, after a library re-pointed them)."
+    comm.create_comm,comm.get_comm_manager = Comm,get_manager
+
 def install(kernel) -> CommManager:
-    "Make `comm.create_comm`/`get_comm_manager` use this kernel; returns the manager."
-    Comm.kernel = kernel
-    mgr = Manager()
-    comm.create_comm = Comm
-    comm.get_comm_manager = lambda: mgr
-    return mgr
+    "Make the `comm` package use this kernel; returns the manager."
+    Comm.kernel,mgr[0] = kernel,Manager()
+    repoint()
+    return mgr[0]

@@ -6,7 +6,8 @@ import zmq
 from . import __version__
 from .capture import PARENT, Channels, current_parent, main_parent
 from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
-from .session import DELIM, Session, now
+from .libapi import APISession, IOPubSocket, KernelAPI
+from .session import DELIM, now
 from .procs import SignalRelay, banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
@@ -47,21 +48,22 @@ class Req:
             self.replied = False  # it did not go out (an interrupt, a RecursionError on the way): still owed
             raise
 
-class Kernel:
-    "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type."
+class Kernel(KernelAPI):
+    "Connection file in, sockets bound, requests dispatched to handlers named after their msg_type; libraries' API in `KernelAPI`."
     def __init__(self, conn:dict):
         # threads made from here to the loop's start (ours, zmq's, IPython's) block SIGINT and SIGTERM, so a signal sent to
         # the process is taken by the main thread, where it interrupts whatever the main thread is blocked in
         block_signals()
         self.conn,self.stopping,self.ready = conn,threading.Event(),threading.Event()
-        self.session = Session(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
+        self.session = APISession(conn.get("key", "").encode(), conn.get("signature_scheme", "hmac-sha256"))
         if not conn.get("key"): log.warning("connection file has no key: messages are not signed")
         self.curve = curve_keys(conn)  # checked before anything binds: a bad key must never mean plain text
         self.ctx = zmq.Context()
         self.log_stream = sys.stderr
         self.ch = Channels(self.raw_pub)
+        self.iopub_socket = IOPubSocket(self.ch)  # for libraries' `kernel.session.send(kernel.iopub_socket, ...)`
         self.subs = None  # made once the sockets are up: the first kernel_info must not wait for asyncio and IPython
-        self.shell_handlers   = {o: getattr(self, o) for o in shell_msgs}
+        self.handlers         = {o: getattr(self, o) for o in shell_msgs}
         self.control_handlers = {o: getattr(self, o) for o in shell_msgs + control_msgs}  # control takes shell's requests too
         self.waiting,self.debugger,self.bridge,self.introspector,self.exiting = {},None,None,Worker("introspect"),False
         self.once = threading.Lock()  # a reply (and an introspection's idle) is sent once, by whichever thread comes first
@@ -119,7 +121,7 @@ class Kernel:
         return Req(self, sock, idents, msg)
 
     def on_shell(self, sock, frames):
-        if (req := self.recv(sock, frames, "shell")) is not None: self.route(self.shell_handlers, req)
+        if (req := self.recv(sock, frames, "shell")) is not None: self.route(self.handlers, req)
 
     def on_control(self, sock, frames):
         if (req := self.recv(sock, frames, "control")) is not None: self.route(self.control_handlers, req)
@@ -192,7 +194,7 @@ class Kernel:
         self.enter(req)
         self.status("busy", req.msg)
         try:
-            if not self.missing(req): self.shell_handlers[req.msg_type](req)
+            if not self.missing(req): self.handlers[req.msg_type](req)
         except BaseException as e:
             with headroom(): self.unanswered(req, e)  # a RecursionError under a limit user code lowered must not stop the reply
         finally:
@@ -237,16 +239,6 @@ class Kernel:
         comms = self.comm_manager.comms.items()
         tn = req.c.get("target_name")
         req.reply(status="ok", comms={k: dict(target_name=c.target_name) for k,c in list(comms) if tn is None or c.target_name == tn})
-
-    # ipykernel's kernel API, for libraries that reach `get_ipython().kernel` (README lists who calls what)
-    @property
-    def shell(self): return None if self.bridge is None else self.bridge.ip
-    def get_parent(self, channel=None):
-        "The request being served here, whichever `channel` is named; ipywidgets' Output widget reads it to capture output from comm callbacks."
-        return current_parent()
-    def set_parent(self, ident, parent, channel="shell"):
-        "Output from here on belongs to `parent`; `ident` is unused: a request keeps its client's routing ids for input()."
-        self.shell.set_parent(parent)
 
     def safe(self, f, *args, **kw):
         "The reply content of `f(...)`, or an error reply naming what went wrong in it."
@@ -430,13 +422,14 @@ class Kernel:
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
         os.register_at_fork(after_in_child=self.forked)
         self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint)
-        from . import comms
+        from . import comms, libapi
         from .bridge import KernelBridge
         from .subshell import SubshellManager
         self.subs = SubshellManager(self)
         self.bridge = KernelBridge(self.ask, kernel=self)
         self.ch.install(self.bridge.ip, capture_fds=env_flag("IPYMINI_CAPTURE_FDS", True))
         self.comm_manager = comms.install(self)
+        libapi.install(self)
         from .profile import init_profile
         init_profile(self.bridge.ip)
         self.ready.set()

@@ -1,5 +1,6 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
+from collections import deque
 from .capture import SUB
 from .eventloops import parked
 from .procs import headroom, release_import_lock
@@ -38,10 +39,24 @@ class Subshell:
         self.sel = WatchedSelector()
         self.loop = asyncio.SelectorEventLoop(self.sel)
         self.queue,self.task,self.thread,self.req,self.done = asyncio.Queue(),None,None,None,False
+        self.inbox,self.taking = deque(),threading.Lock()  # requests handed over but not yet in `queue` (the loop has not run since)
         self.running,self.abort_before = False,0.0  # `running`: user code may be on the stack (interrupts land only then)
         self.woken = threading.Event()  # set by an interrupt: ends a `time.sleep` in this subshell's cell
 
-    def submit(self, req): self.loop.call_soon_threadsafe(self.queue.put_nowait, req)
+    def submit(self, req):
+        self.inbox.append(req)
+        self.loop.call_soon_threadsafe(self.take)
+
+    def take(self):
+        "Queue the oldest request handed over; one call per `submit`, so none is left behind (`pending` may have taken one)."
+        with self.taking:
+            if self.inbox: self.queue.put_nowait(self.inbox.popleft())
+
+    def pending(self, pred):
+        "Take out the oldest request handed over that `pred` accepts, while a blocking cell keeps the loop from queueing it (jupyter-ui-poll)."
+        with self.taking:
+            if (req := next((r for r in self.inbox if pred(r)), None)) is not None: self.inbox.remove(req)
+        return req
     def stop(self): self.submit(STOP)
 
     async def serve(self):
@@ -54,7 +69,7 @@ class Subshell:
                 if req.msg_type == "execute_request" and req.arrived < self.abort_before: self.kernel.abort(req)
                 else:
                     self.task = asyncio.current_task()
-                    await self.kernel.dispatch(self.kernel.shell_handlers, req)
+                    await self.kernel.dispatch(self.kernel.handlers, req)
             except BaseException as e: self.failed(req, e)
             self.task = self.req = None  # not in a `finally`: if failed() itself raises, run() answers `req`
             uncancel(asyncio.current_task())
