@@ -5,6 +5,7 @@ from .session import Session
 
 launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipykernel_launcher.py")
 comm_msgs = {"comm_open", "comm_msg", "comm_close"}
+version_info = (7, 1, 0)  # the ipykernel whose Python API this follows (per-thread parents, the comm package); ipywidgets reads it
 
 class IOPubSocket:
     "`kernel.iopub_socket`: what `kernel.session.send` takes to publish on IOPub (the real socket belongs to its thread)."
@@ -145,7 +146,8 @@ class StandIns:
         self.mods = {"ipykernel.comm": comm, "ipykernel.comm.comm": comm, "ipykernel.comm.manager": comm,
             "ipykernel.zmqshell": self.module("ipykernel.zmqshell", ZMQInteractiveShell=bridge.MiniShell, KernelMagics=kernel_magics(),
                 ZMQDisplayPublisher=bridge.Publisher)}
-        if not self.real: self.mods["ipykernel"] = self.module("ipykernel", __path__=[])
+        if not self.real: self.mods["ipykernel"] = self.module("ipykernel", __path__=[], version_info=version_info,
+            __version__=".".join(map(str, version_info)))
 
     def module(self, name, **attrs):
         m = types.ModuleType(name, "ipymini's stand-in for ipykernel's module of this name")
