@@ -1,7 +1,7 @@
 "ipykernel's Python-side API, for the libraries that reach for it: the kernel facade, `ipykernel.*` stand-ins, kernel magics."
 import json, os, sys, threading, types
 from .capture import PARENT, SUB, current_parent, main_parent
-from .session import Session
+from .session import Session, pack
 
 launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipykernel_launcher.py")
 comm_msgs = {"comm_open", "comm_msg", "comm_close"}
@@ -20,6 +20,7 @@ class APISession(Session):
         if header: msg["header"] = header
         buffers = list(buffers or msg.get("buffers") or ())
         if isinstance(stream, IOPubSocket):
+            pack(msg["content"]), pack(msg["metadata"])  # here, so unsendable content raises in the caller, not on IOPub's thread
             stream.ch.pub(msg["header"]["msg_type"], msg["content"], buffers=buffers, parent=dict(header=msg["parent_header"]),
                 metadata=msg["metadata"])
         else: stream.send_multipart(self.serialize({**msg, "buffers": buffers}, [ident] if isinstance(ident, bytes) else list(ident or ())))

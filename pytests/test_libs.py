@@ -172,6 +172,12 @@ def test_session_send_on_iopub(lk):
     assert len(relayed) == 1 and len(made) == 1 and outs.index(relayed[0]) < outs.index(made[0]) and text(outs) == "sent\n"
     assert relayed[0]["content"]["data"] == dict(n=1) and relayed[0]["metadata"] == dict(engine="e0") and relayed[0]["buffers"][0] == b"\xff\x00"
 
+def test_session_send_bad_content(lk):
+    "Content JSON cannot carry raises in the cell that sent it (as on ipykernel); the kernel goes on."
+    reply,_ = run(lk, "k = get_ipython().kernel\nk.session.send(k.iopub_socket, 'comm_msg', content=dict(comm_id='x', data=object()))")
+    assert reply["status"] == "error" and reply["ename"] in ("TypeError", "ValueError")
+    assert text(ok(lk, "print('alive')")) == "alive\n"
+
 def test_what_libraries_read(lk):
     "Small things libraries test: stream encoding and errors, `sys.argv[0]`'s name (pyviz_comms reads it), `%config ZMQDisplayPublisher`."
     out = text(ok(lk, "import sys, os, pyviz_comms\nprint(sys.stdout.encoding, sys.stdout.errors, os.path.basename(sys.argv[0]), "
