@@ -1,17 +1,19 @@
 """Other event loops on the kernel's threads: a GUI toolkit's loop inside the parent subshell's wait, and asyncio loops a
 cell runs itself (`asyncio.run`, `run_until_complete`, trio) while the kernel's own loop is parked."""
 import asyncio, importlib, math, os, select, signal, sys, threading, time, traceback
-from asyncio import events
+from asyncio import events, tasks
 from contextlib import contextmanager
 
 parked = {}  # thread ident -> that thread's kernel loop, while a synchronous statement of a cell runs there
 
 @contextmanager
 def park():
-    "Hide this thread's running loop from asyncio while a statement runs: `asyncio.run` in it works as in a terminal."
+    """Leave this thread's loop while a statement runs, as between two steps of a task: no running loop, no current task
+    (3.14+ checks the thread's current task in C), so `asyncio.run` in it works as in a terminal."""
     loop = events._get_running_loop()
     if loop is None: return (yield)  # nothing runs here (a trio cell's statements): nothing to hide
-    tid = threading.get_ident()
+    tid,task = threading.get_ident(),tasks.current_task(loop)
+    if task is not None: tasks._leave_task(loop, task)  # what a task step does as it ends; needs `loop` still running
     events._set_running_loop(None)
     parked[tid] = loop
     try: yield
@@ -19,6 +21,7 @@ def park():
         del parked[tid]
         events._set_running_loop(loop)
         asyncio.set_event_loop(loop)  # asyncio.run clears the thread's loop when it ends
+        if task is not None: tasks._enter_task(loop, task)  # and as the next step begins: the cell's task goes on
 
 def get_running_loop():
     "The running loop or, in a cell's statement, the parked kernel loop: `asyncio.create_task` there still works."

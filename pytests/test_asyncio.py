@@ -3,7 +3,7 @@ each with an interrupt, after which the kernel's own loop (top-level await, task
 ipykernel runs plain cells inside its running loop, so `asyncio.run` there raises "cannot be called from a running event
 loop"; terminal IPython runs them, and so does ipymini: its loop is parked while a cell's synchronous statement runs."""
 import pytest
-from kutils import run, start_kernel, shell_reply, result, wait_msg, TIMEOUT
+from kutils import run, start_kernel, shell_reply, result, wait_msg, request, iopub_until_idle, TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -79,4 +79,29 @@ def test_autoawait_other_library(k, lib):
     interrupted(km, kc, f"import threading\n{mark}\nawait {lib}.sleep(30)")
     assert result(ok(kc, f"await {lib}.sleep(0.01)\n6"))["text/plain"] == "6"
     ok(kc, "%autoawait asyncio")
+    loop_alive(kc)
+
+def test_kernel_task_around_inner_run(k):
+    """Around a cell's `asyncio.run`, the kernel's loop keeps what it gives cells: a future `ensure_future` made in a statement
+    runs there, and the next cell's top-level await has a current task (`wait_for` is built on `asyncio.timeout` in 3.12+)."""
+    km,kc = k
+    assert result(ok(kc, "a = asyncio.ensure_future(f(8))\nb = asyncio.run(f(9))\nb"))["text/plain"] == "9"
+    outs = ok(kc, "c,d = await asyncio.wait_for(a, 5), asyncio.current_task() is not None\n(c, d)")
+    assert result(outs)["text/plain"] == "(8, True)"
+    loop_alive(kc)
+
+def test_asyncio_run_in_subshell(k):
+    "A subshell's thread has a loop and a task of its own: `asyncio.run` there works too, and the parent's loop goes on."
+    km,kc = k
+    sid = request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
+    try:
+        msg = kc.session.msg("execute_request", dict(code="asyncio.run(f(11))", silent=False, store_history=False,
+            user_expressions={}, allow_stdin=False, stop_on_error=True))
+        msg["header"]["subshell_id"] = sid
+        kc.shell_channel.send(msg)
+        assert shell_reply(kc, msg["header"]["msg_id"])["content"]["status"] == "ok"
+        assert result(iopub_until_idle(kc, msg["header"]["msg_id"]))["text/plain"] == "11"
+        outs = ok(kc, "asyncio.run(f(12))")
+        assert result(outs)["text/plain"] == "12"
+    finally: request(kc, "delete_subshell_request", "control", subshell_id=sid)
     loop_alive(kc)
