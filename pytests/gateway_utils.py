@@ -61,22 +61,21 @@ def sshd(d):
     finally: stop(p)
 
 def install_specs(d, gateway, py=sys.executable) -> str:
-    "ipymini's spec written by `python -m ipymini install --gateway`, and the stock ipykernel launcher's (GP's script); the JUPYTER_PATH."
-    path = f"{d}/jupyter"
+    """ipymini's spec, written by `python -m ipymini install --gateway`, and the stock ipykernel launcher's, written by GP's
+    `jupyter-ssh-spec` (EG's gets the same launcher, its short options, and EG's metadata); returns their JUPYTER_PATH."""
     subprocess.run([py, "-m", "ipymini", "install", "--gateway", gateway, "--prefix", d, "--name", "ipymini",
         "--remote-hosts", REMOTE, "--python", py], check=True, capture_output=True)
-    os.rename(f"{d}/share/jupyter", path)
-    scripts = glob.glob(f"{GATEWAYS}/gp/lib/python*/site-packages/gateway_provisioners/kernel-launchers/python/scripts")[0]
-    argv = [py, f"{scripts}/launch_ipykernel.py", "--kernel-id", "{kernel_id}", "--port-range", "{port_range}",
-        "--response-address", "{response_address}", "--public-key", "{public_key}"]
-    if gateway == "eg": md = dict(process_proxy=dict(class_name="enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
-        config=dict(remote_hosts=REMOTE)))
-    else:
-        md = dict(supported_encryption=["curve"], kernel_provisioner=dict(provisioner_name="distributed-provisioner", config=dict(remote_hosts=[REMOTE])))
-        argv += ["--transport-encryption", "{transport_encryption}"]
-    os.makedirs(f"{path}/kernels/python3")
-    with open(f"{path}/kernels/python3/kernel.json", "w") as f:
-        json.dump(dict(argv=argv, display_name="Python 3 (stock launcher)", language="python", metadata=md), f)
+    subprocess.run([f"{GATEWAYS}/gp/bin/jupyter-ssh-spec", "install", "--prefix", d, "--kernel-name", "python3", "--remote-hosts", REMOTE],
+        check=True, capture_output=True)
+    path = f"{d}/share/jupyter"
+    with open(f"{path}/kernels/python3/kernel.json") as f: spec = json.load(f)
+    spec["argv"][0] = py  # "python" over SSH is whatever the login's PATH finds
+    if gateway == "eg":
+        i = spec["argv"].index("--transport-encryption")
+        del spec["argv"][i:i + 2]
+        spec["metadata"] = dict(debugger=True, process_proxy=dict(
+            class_name="enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy", config=dict(remote_hosts=REMOTE)))
+    with open(f"{path}/kernels/python3/kernel.json", "w") as f: json.dump(spec, f)
     return path
 
 @contextmanager
