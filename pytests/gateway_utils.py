@@ -79,8 +79,8 @@ def install_specs(d, gateway, py=sys.executable) -> str:
     return path
 
 @contextmanager
-def gateway(d, kind, encryption=None):
-    "EG (`kind` 'eg') or Kernel Gateway + GP ('gp') on 127.0.0.1, starting kernels over SSH on 127.0.0.2: yields a `Gateway`."
+def gateway(d, kind, encryption=None, **extra):
+    "EG (`kind` 'eg') or Kernel Gateway + GP ('gp') on 127.0.0.1, starting kernels over SSH on 127.0.0.2: yields a `Gateway`; `extra`: more env."
     d = os.path.join(d, kind + (encryption or ""))
     os.makedirs(d)
     with sshd(d) as (ssh_port,home):
@@ -90,7 +90,7 @@ def gateway(d, kind, encryption=None):
             JUPYTER_DATA_DIR=f"{d}/data", JUPYTER_CONFIG_DIR=f"{d}/config", JUPYTER_PLATFORM_DIRS="1", LANG="C.UTF-8")
         P = kind.upper()
         env.update({f"{P}_SSH_PORT": str(ssh_port), f"{P}_REMOTE_HOSTS": REMOTE, f"{P}_KERNEL_LOG_DIR": logs, f"{P}_RESPONSE_IP": "127.0.0.1",
-            f"{P}_REMOTE_USER": "root", f"{P}_RESPONSE_PORT": str(free_port())})
+            f"{P}_REMOTE_USER": "root", f"{P}_RESPONSE_PORT": str(free_port()), **extra})
         jup = f"{GATEWAYS}/{kind}/bin/jupyter"
         if kind == "eg": cmd = [jup, "enterprisegateway", "--ip=127.0.0.1", f"--port={port}", "--port_retries=0"]
         else:
@@ -179,3 +179,29 @@ def procs(needle) -> list:
         except OSError: continue
         if needle.encode() in cmd and not zombie: out.append(int(n))
     return out
+
+def bench(n=5, poll=None):
+    """Start-to-first-reply through each gateway, ipymini's launcher and the stock one alternating: `python pytests/gateway_utils.py [N [POLL]]`;
+    POLL sets the gateways' poll interval (EG_/GP_POLL_INTERVAL, default 0.5 s), at which they look for the launcher's answer."""
+    import statistics, tempfile
+    with tempfile.TemporaryDirectory() as d:
+        for kind in ("eg", "gp"):
+            with gateway(d, kind, **({f"{kind.upper()}_POLL_INTERVAL": str(poll)} if poll else {})) as gw:
+                times = {"ipymini": [], "python3": []}
+                for i in range(n):
+                    for spec in times:
+                        t = time.monotonic()
+                        kid = gw.start(spec)
+                        started = time.monotonic() - t
+                        ws = WS(gw, kid)
+                        ws.execute("1+1")
+                        times[spec].append((started, time.monotonic() - t))
+                        ws.close()
+                        gw.rest("DELETE", f"/api/kernels/{kid}")
+                        for p in procs(kid): os.kill(p, 9)
+                        for f in glob.glob(f"/tmp/kernel-{kid}_*.json"): os.remove(f)
+                for spec,ts in times.items():
+                    med = lambda i: statistics.median(t[i] for t in ts)
+                    print(f"{kind} {spec:8} POST /api/kernels {med(0):.2f} s, first reply {med(1):.2f} s (median of {n})")
+
+if __name__ == "__main__": bench(int(sys.argv[1]) if len(sys.argv) > 1 else 5, float(sys.argv[2]) if len(sys.argv) > 2 else None)
