@@ -127,3 +127,124 @@ def test_shutdown_leaves_nothing(k):
     while (left := procs(k.kid)) and time.monotonic() < end: time.sleep(0.05)
     assert not left, f"processes left: {left}"
     assert not glob.glob(f"/tmp/kernel-{k.kid}*.json"), "connection file left in /tmp"
+
+# --- the launcher protocol against a gateway's side written here (real RSA/AES, a real client): fast, no SSH
+class Answer:
+    "A response address as a gateway opens one, with its RSA key; `conn()` decrypts the one answer a launcher sends."
+    def __init__(self):
+        import base64, socket
+        from Cryptodome.PublicKey import RSA
+        self.rsa = RSA.generate(2048)
+        self.public = base64.b64encode(self.rsa.publickey().export_key("DER")).decode()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(20)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def conn(self) -> dict:
+        import base64, json
+        from Cryptodome.Cipher import AES, PKCS1_v1_5
+        from Cryptodome.Util.Padding import unpad
+        c,_ = self.sock.accept()
+        with c:
+            data = b""
+            while (b := c.recv(65536)): data += b
+        p = json.loads(base64.b64decode(data))
+        assert p["version"] == 1
+        aes = PKCS1_v1_5.new(self.rsa).decrypt(base64.b64decode(p["key"]), None)
+        return json.loads(unpad(AES.new(aes, AES.MODE_ECB).decrypt(base64.b64decode(p["conn_info"])), 16))
+
+def comm(info, req:bytes):
+    "One request on the comm port, as the gateways send it: connect, send, close."
+    import socket
+    with socket.create_connection(("127.0.0.1", info["comm_port"]), timeout=5) as s: s.sendall(req)
+
+@pytest.fixture
+def launched(kernel_name, tmp_path):
+    "Start `python -m ipymini.launcher` with the given args (and env) against an `Answer`; yields `start`; kills what is left."
+    import subprocess, sys
+    if kernel_name != "ipymini": pytest.skip("ipymini.launcher is ipymini's; the stock launcher runs in the gateway tests above")
+    ps = []
+    def start(*args, env=None, **kw):
+        a = Answer()
+        fill = dict(kernel_id="kid-" + os.urandom(4).hex(), response_address=a.address, public_key=a.public)
+        argv = [sys.executable, "-m", "ipymini.launcher", *(o.format(**fill) for o in args)]
+        ps.append(p := subprocess.Popen(argv, env={**os.environ, **{k: v.format(**fill) for k,v in (env or {}).items()}}, cwd=tmp_path,
+            stderr=open(tmp_path / "launcher.log", "a"), **kw))
+        return p,a.conn(),fill["kernel_id"]
+    yield start
+    for p in ps:
+        if p.poll() is None: p.kill()
+        p.wait()
+
+def client(info):
+    from jupyter_client import BlockingKernelClient
+    kc = BlockingKernelClient()
+    kc.load_connection_info(dict(info, ip="127.0.0.1"))
+    kc.start_channels()
+    kc.wait_for_ready(timeout=10)
+    return kc
+
+def test_launcher_answers_once_and_serves(launched, tmp_path):
+    "EG's spelling (--RemoteProcessProxy.*), unknown options and unfilled placeholders: one encrypted answer, 6 ports in range, and a kernel."
+    p,info,kid = launched("--RemoteProcessProxy.kernel-id", "{kernel_id}", "--RemoteProcessProxy.response-address", "{response_address}",
+        "--RemoteProcessProxy.public-key", "{public_key}", "--RemoteProcessProxy.port-range", "43000..43999", "--transport-encryption",
+        "{{transport_encryption}}", "--spark-context-initialization-mode", "none", "--some-new-option", "x")
+    assert info["pid"] == p.pid and info["kernel_id"] == kid and info["ip"] == "0.0.0.0" and len(info["key"]) >= 32
+    ports = [info[k] for k in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port", "comm_port")]
+    assert len(set(ports)) == 6 and all(43000 <= o <= 43999 for o in ports)
+    assert "curve_secretkey" not in info  # not asked for
+    kc = client(info)
+    try: assert kc.execute_interactive("1+1", timeout=30)["content"]["status"] == "ok"
+    finally: kc.stop_channels()
+    assert not os.listdir(tmp_path / ".") or os.listdir(tmp_path) == ["launcher.log"]
+    assert not glob.glob(f"/tmp/*{kid}*"), "the launcher wrote a file"
+
+def test_launcher_env_and_curve(launched):
+    "A container's environment (KERNEL_ID, RESPONSE_ADDRESS, PUBLIC_KEY) in place of options; `required` encryption: CurveZMQ keys."
+    p,info,kid = launched("--transport-encryption", "required", env=dict(KERNEL_ID="{kernel_id}", RESPONSE_ADDRESS="{response_address}",
+        PUBLIC_KEY="{public_key}"))
+    import zmq
+    assert info["kernel_id"] == kid and zmq.curve_public(info["curve_secretkey"].encode()) == info["curve_publickey"].encode()
+
+def test_comm_port(launched):
+    "Junk, wrong shapes and unknown signals are ignored; signum 0 polls, 2 interrupts a cell; shutdown ends the process within 2 s."
+    p,info,kid = launched("--kernel-id", "{kernel_id}", "--response-address", "{response_address}", "--public-key", "{public_key}")
+    kc = client(info)
+    try:
+        for junk in (b"hello", b"[1]", b'{"signum": 1}', b'{"signum": "15"}', b'{"signum": 15, "x": 1}', b'{"shutdown": 0}', b"{" * 5000, b""):
+            comm(info, junk)
+        comm(info, b'{"signum": 0}')
+        assert kc.execute_interactive("1+1", timeout=10)["content"]["status"] == "ok"
+        mid = kc.execute("import time; time.sleep(30)")
+        while kc.get_iopub_msg(timeout=10)["msg_type"] != "execute_input": pass
+        comm(info, b'{"signum": 2}')
+        r = kc.get_shell_msg(timeout=10)
+        assert r["parent_header"]["msg_id"] == mid and r["content"]["ename"] == "KeyboardInterrupt"
+        comm(info, b'{"shutdown": 1}')
+        t = time.monotonic()
+        p.wait(2)
+        assert time.monotonic() - t < 2
+    finally: kc.stop_channels()
+    import socket
+    with pytest.raises(ConnectionRefusedError): socket.create_connection(("127.0.0.1", info["comm_port"]), timeout=2)
+
+def test_launcher_usage():
+    "Without the gateway's three required options it says which are missing, and starts nothing."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-m", "ipymini.launcher", "--kernel-id", "{kernel_id}"], capture_output=True, text=True, timeout=30,
+        env={k: v for k,v in os.environ.items() if k not in ("KERNEL_ID", "RESPONSE_ADDRESS", "PUBLIC_KEY")})
+    assert r.returncode != 0 and "--response-address" in r.stderr and "--kernel-id" in r.stderr
+
+def test_install_gateway_specs(tmp_path):
+    "`install --gateway eg|gp` writes specs naming the launcher, the gateway's placeholders, and its process proxy or provisioner."
+    import json, subprocess, sys
+    for gw in ("eg", "gp"):
+        subprocess.run([sys.executable, "-m", "ipymini", "install", "--gateway", gw, "--prefix", str(tmp_path), "--name", gw,
+            "--remote-hosts", "h1,h2", "--python", "/opt/py/bin/python"], check=True, capture_output=True, timeout=60)
+    eg,gp = (json.loads((tmp_path / f"share/jupyter/kernels/{n}/kernel.json").read_text()) for n in ("eg", "gp"))
+    assert eg["argv"][0] == gp["argv"][0] == "/opt/py/bin/python" and eg["argv"][2:4] == gp["argv"][2:4] == ["-m", "ipymini.launcher"]
+    assert "--RemoteProcessProxy.response-address" in eg["argv"] and "{response_address}" in eg["argv"]
+    assert eg["metadata"]["process_proxy"]["class_name"].endswith("DistributedProcessProxy")
+    assert eg["metadata"]["process_proxy"]["config"]["remote_hosts"] == "h1,h2"
+    assert gp["metadata"]["kernel_provisioner"] == dict(provisioner_name="distributed-provisioner", config=dict(remote_hosts=["h1", "h2"]))
+    assert gp["argv"][-2:] == ["--transport-encryption", "{transport_encryption}"] and "curve" in gp["metadata"]["supported_encryption"]
