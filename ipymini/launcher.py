@@ -133,14 +133,18 @@ def shutdown():
     t.start()
     os.kill(os.getpid(), signal.SIGTERM)
 
-def peers(address) -> set:
-    "Who may use the comm port: the gateway's response host and this host's loopback (an SSH tunnel's end); IPYMINI_COMM_ANY=1: anyone."
-    from .procs import env_flag
-    if env_flag("IPYMINI_COMM_ANY", False): return None
-    host = address.rpartition(":")[0].strip("[]")
-    try: ips = {a[4][0] for a in socket.getaddrinfo(host, None)}
-    except OSError: ips = {host}
-    return ips | {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+def peers(address, env=None) -> set:
+    """Who may use the comm port: the response address's host (the gateway connects from there), and loopback only when that host
+    is loopback. IPYMINI_COMM_PEERS: a comma-separated list instead (e.g. 127.0.0.1 behind an SSH tunnel), `*` for anyone."""
+    v = (os.environ if env is None else env).get("IPYMINI_COMM_PEERS", "").strip()
+    if v == "*": return None
+    hosts = [h.strip() for h in v.split(",") if h.strip()] or [address.rpartition(":")[0].strip("[]")]
+    ips = set()
+    for h in hosts:
+        try: ips |= {a[4][0] for a in socket.getaddrinfo(h, None)}
+        except OSError: ips.add(h)
+    if any(ip.startswith("127.") or ip == "::1" for ip in ips): ips |= {"127.0.0.1", "::1"}  # a loopback peer may use any of them
+    return ips | {f"::ffff:{ip}" for ip in ips if ":" not in ip}
 
 def main(argv=None):
     o = parse_args(sys.argv[1:] if argv is None else argv)

@@ -248,3 +248,14 @@ def test_install_gateway_specs(tmp_path):
     assert eg["metadata"]["process_proxy"]["config"]["remote_hosts"] == "h1,h2"
     assert gp["metadata"]["kernel_provisioner"] == dict(provisioner_name="distributed-provisioner", config=dict(remote_hosts=["h1", "h2"]))
     assert gp["argv"][-2:] == ["--transport-encryption", "{transport_encryption}"] and "curve" in gp["metadata"]["supported_encryption"]
+
+def test_comm_port_peers(launched):
+    "The comm port serves only the gateway's host: from elsewhere (IPYMINI_COMM_PEERS names another) a signal or shutdown does nothing."
+    p,info,kid = launched("--kernel-id", "{kernel_id}", "--response-address", "{response_address}", "--public-key", "{public_key}",
+        env=dict(IPYMINI_COMM_PEERS="192.0.2.1"))
+    kc = client(info)
+    try:
+        for req in (b'{"signum": 15}', b'{"shutdown": 1}', b'{"signum": 9}'): comm(info, req)
+        assert kc.execute_interactive("1+1", timeout=10)["content"]["status"] == "ok"
+        assert p.poll() is None
+    finally: kc.stop_channels()
