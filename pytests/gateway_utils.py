@@ -132,8 +132,10 @@ class WS:
         async def go(): return await asyncio.wait_for(f(), timeout)
         return self.loop.run_until_complete(go())
     def close(self):
-        self.conn.close()
-        self.loop.run_until_complete(asyncio.sleep(0))  # let the close go out
+        async def go():
+            self.conn.close()
+            await asyncio.sleep(0)  # let the close go out
+        self.loop.run_until_complete(go())
         self.loop.close()
 
     def send(self, msg_type, content, channel="shell") -> str:
