@@ -17,14 +17,19 @@ def stock(k, gws, reason, strict=True):
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory):
-    "Gateways made on first use, one of each kind for the module."
-    d,made = tmp_path_factory.mktemp("gw"),{}
+    "The module's three gateways (EG, GP, GP with CurveZMQ required), started side by side on first use."
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    d,lock = str(tmp_path_factory.mktemp("gw")),threading.Lock()
     with ExitStack() as stack:
-        def get(kind):
-            if kind not in made: made[kind] = stack.enter_context(gateway(str(d), "gp" if kind == "gp-curve" else kind,
-                "required" if kind == "gp-curve" else None))
-            return made[kind]
-        yield get
+        def start(kind):
+            cm = gateway(d, kind.split("-")[0], "required" if kind == "gp-curve" else None)
+            gw = cm.__enter__()
+            with lock: stack.push(cm.__exit__)
+            return gw
+        kinds = ("eg", "gp", "gp-curve")
+        with ThreadPoolExecutor(len(kinds)) as ex: made = dict(zip(kinds, ex.map(start, kinds)))
+        yield made
     for k,t in first_reply.items(): print(f"\nstart to first reply {k}: {t:.2f} s")
 
 class Kernel:
@@ -42,7 +47,7 @@ class Kernel:
 def kern(request, gateways, kernel_name):
     kind,spec = request.param
     if kernel_name != "ipymini" and spec == "ipymini": pytest.skip("--kernel names the stock kernel: its launcher's runs only")
-    k = Kernel(gateways(kind), kind, spec)
+    k = Kernel(gateways[kind], kind, spec)
     t = time.monotonic()
     k.kid = k.gw.start(spec)
     k.ws = WS(k.gw, k.kid)
