@@ -10,6 +10,15 @@ why = missing()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(why), reason=why), pytest.mark.timeout(180)]
 setups = [("eg", "ipymini"), ("eg", "python3"), ("gp", "ipymini"), ("gp", "python3"), ("gp-curve", "ipymini"), ("gp-curve", "python3")]
 first_reply = {}  # setup -> seconds from POST /api/kernels to the reply to 1+1, printed at the end of the module
+kids = set()  # every kernel id started, for the sweep after the gateways stop
+
+def sweep():
+    "Kill what the stock launcher leaves (kernels that outlive shutdown, or that a gateway's restarter started late) and its files."
+    for kid in kids:
+        for p in procs(kid):
+            try: os.kill(p, signal.SIGKILL)
+            except OSError: pass
+        for f in glob.glob(f"/tmp/kernel-{kid}_*.json"): os.remove(f)
 
 def stock(k, gws, reason, strict=True):
     "Mark the running test xfail for the stock launcher under the gateway kinds `gws`, where it is known to fail for `reason`."
@@ -22,6 +31,7 @@ def gateways(tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
     d,lock = str(tmp_path_factory.mktemp("gw")),threading.Lock()
     with ExitStack() as stack:
+        stack.callback(sweep)  # first in, so last out: once no gateway can start another kernel
         def start(kind):
             cm = gateway(d, kind.split("-")[0], "required" if kind == "gp-curve" else None)
             gw = cm.__enter__()
@@ -50,6 +60,7 @@ def kern(request, gateways, kernel_name):
     k = Kernel(gateways[kind], kind, spec)
     t = time.monotonic()
     k.kid = k.gw.start(spec)
+    kids.add(k.kid)
     k.ws = WS(k.gw, k.kid)
     reply,outs = k.ws.execute("1+1")
     first_reply["-".join(request.param)] = time.monotonic() - t
@@ -59,10 +70,7 @@ def kern(request, gateways, kernel_name):
     if k.ws: k.ws.close()
     try: k.gw.rest("DELETE", f"/api/kernels/{k.kid}")
     except OSError: pass  # already shut down by the test
-    for p in procs(k.kid):  # the stock launcher's leftovers (a kernel that outlived its shutdown)
-        try: os.kill(p, signal.SIGKILL)
-        except OSError: pass
-    for f in glob.glob(f"/tmp/kernel-{k.kid}_*.json"): os.remove(f)  # the connection file it leaves
+    sweep()
 
 @pytest.fixture
 def k(kern, request):
