@@ -22,16 +22,18 @@ def install(args):
 
 def gateway_spec(spec, args):
     "Make `spec` one for a gateway's SSH launch: `ipymini.launcher` with the gateway's placeholders, and its metadata stanza."
-    py,hosts = args.python or sys.executable,[h for h in (args.remote_hosts or "").split(",") if h]
+    hosts = [h for h in (args.remote_hosts or "").split(",") if h]
     names = "kernel-id response-address public-key port-range".split()
     if args.gateway == "eg":  # EG spells its options --RemoteProcessProxy.<name>; 3.x has no CurveZMQ
-        spec["argv"] = [py, "-Xfrozen_modules=off", "-m", "ipymini.launcher", *(o for n in names for o in (f"--RemoteProcessProxy.{n}", f"{{{n.replace('-', '_')}}}"))]
-        spec["metadata"] = dict(debugger=True, process_proxy=dict(class_name="enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
-            config=dict(remote_hosts=",".join(hosts)) if hosts else {}))
-    else:  # GP fills {transport_encryption} with auto|required when it asks for CurveZMQ keys, else with ""
-        spec["argv"] = [py, "-Xfrozen_modules=off", "-m", "ipymini.launcher", *(o for n in names + ["transport-encryption"] for o in (f"--{n}", f"{{{n.replace('-', '_')}}}"))]
-        spec["metadata"] = dict(debugger=True, supported_encryption=["curve"], kernel_provisioner=dict(provisioner_name="distributed-provisioner",
-            config=dict(remote_hosts=hosts) if hosts else {}))
+        opts = [o for n in names for o in (f"--RemoteProcessProxy.{n}", f"{{{n.replace('-', '_')}}}")]
+        proxy = dict(class_name="enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy",
+            config=dict(remote_hosts=",".join(hosts)) if hosts else {})
+        spec["metadata"] = dict(debugger=True, process_proxy=proxy)
+    else:  # GP fills {transport_encryption} with auto|required when it asks for CurveZMQ keys, else with "" (so: last)
+        opts = [o for n in names + ["transport-encryption"] for o in (f"--{n}", f"{{{n.replace('-', '_')}}}")]
+        prov = dict(provisioner_name="distributed-provisioner", config=dict(remote_hosts=hosts) if hosts else {})
+        spec["metadata"] = dict(debugger=True, supported_encryption=["curve"], kernel_provisioner=prov)
+    spec["argv"] = [args.python or sys.executable, "-Xfrozen_modules=off", "-m", "ipymini.launcher", *opts]
 
 def logs(debug=False):
     "Our logger on a dup of fd 2 (logs stay on the terminal after fd 2 is captured); returns that stream."

@@ -1,6 +1,7 @@
 """Remote-kernel launcher for Enterprise Gateway and gateway_provisioners: picks the ports, answers the gateway once with the
 encrypted connection info, serves the comm port on a thread, then runs the kernel in this same process. Writes no file.
-`python -m ipymini.launcher --kernel-id ID --response-address IP:PORT --public-key KEY [--port-range LO..HI] [--transport-encryption auto|required]`"""
+`python -m ipymini.launcher --kernel-id ID --response-address IP:PORT --public-key KEY [--port-range LO..HI]
+[--transport-encryption auto|required]`"""
 import base64, json, logging, os, random, re, signal, socket, sys, threading, uuid
 
 log = logging.getLogger("ipymini")
@@ -15,7 +16,8 @@ HARD_EXIT = 1.8      # seconds from a shutdown request to the process being gone
 def unfilled(v) -> bool: return v is None or v == "" or bool(re.fullmatch(r"\{\w*\}|\$\{\w*\}", v))
 
 def parse_args(argv, env=None) -> dict:
-    "Options from `--name V`, `--name=V` or `--RemoteProcessProxy.name V`, else from `env`; unknown options and unfilled `{placeholders}` are dropped."
+    """Options from `--name V`, `--name=V` or `--RemoteProcessProxy.name V`, else from `env`; unknown options and unfilled
+    `{placeholders}` are dropped."""
     env,res,i = os.environ if env is None else env,{},0
     while i < len(argv):
         a,i = argv[i],i + 1

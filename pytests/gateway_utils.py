@@ -94,7 +94,8 @@ def gateway(d, kind, encryption=None, **extra):
         jup = f"{GATEWAYS}/{kind}/bin/jupyter"
         if kind == "eg": cmd = [jup, "enterprisegateway", "--ip=127.0.0.1", f"--port={port}", "--port_retries=0"]
         else:
-            cmd = [jup, "kernelgateway", "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}", "--KernelGatewayApp.port_retries=0"]
+            cmd = [jup, "kernelgateway", "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
+                "--KernelGatewayApp.port_retries=0"]
             if encryption: cmd.append(f"--KernelManager.transport_encryption={encryption}")
         log = open(f"{d}/gateway.log", "w")
         p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=d)
@@ -114,8 +115,7 @@ class Gateway:
         req = urllib.request.Request(f"http://{self.addr}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout) as r: return json.loads(r.read() or b"null")
 
-    def start(self, name) -> str:
-        return self.rest("POST", "/api/kernels", dict(name=name, env=dict(KERNEL_USERNAME=USER)))["id"]
+    def start(self, name) -> str: return self.rest("POST", "/api/kernels", dict(name=name, env=dict(KERNEL_USERNAME=USER)))["id"]
 
     def log(self) -> str:
         with open(f"{self.d}/gateway.log") as f: return f.read()

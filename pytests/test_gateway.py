@@ -4,7 +4,7 @@ beside the stock ipykernel launcher in the same harness, its known failures mark
 import glob, os, signal, time, pytest
 from contextlib import ExitStack
 from gateway_utils import WS, gateway, missing, procs, result
-from kutils import gone
+from kutils import TIMEOUT, gone
 
 why = missing()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(why), reason=why), pytest.mark.timeout(180)]
@@ -195,7 +195,7 @@ def client(info):
     kc = BlockingKernelClient()
     kc.load_connection_info(dict(info, ip="127.0.0.1"))
     kc.start_channels()
-    kc.wait_for_ready(timeout=10)
+    kc.wait_for_ready(timeout=TIMEOUT)
     return kc
 
 def test_launcher_answers_once_and_serves(launched, tmp_path):
@@ -208,7 +208,7 @@ def test_launcher_answers_once_and_serves(launched, tmp_path):
     assert len(set(ports)) == 6 and all(43000 <= o <= 43999 for o in ports)
     assert "curve_secretkey" not in info  # not asked for
     kc = client(info)
-    try: assert kc.execute_interactive("1+1", timeout=30)["content"]["status"] == "ok"
+    try: assert kc.execute_interactive("1+1", timeout=TIMEOUT)["content"]["status"] == "ok"
     finally: kc.stop_channels()
     assert not os.listdir(tmp_path / ".") or os.listdir(tmp_path) == ["launcher.log"]
     assert not glob.glob(f"/tmp/*{kid}*"), "the launcher wrote a file"
@@ -228,7 +228,7 @@ def test_comm_port(launched):
         for junk in (b"hello", b"[1]", b'{"signum": 1}', b'{"signum": "15"}', b'{"signum": 15, "x": 1}', b'{"shutdown": 0}', b"{" * 5000, b""):
             comm(info, junk)
         comm(info, b'{"signum": 0}')
-        assert kc.execute_interactive("1+1", timeout=10)["content"]["status"] == "ok"
+        assert kc.execute_interactive("1+1", timeout=TIMEOUT)["content"]["status"] == "ok"
         mid = kc.execute("import time; time.sleep(30)")
         while kc.get_iopub_msg(timeout=10)["msg_type"] != "execute_input": pass
         comm(info, b'{"signum": 2}')
@@ -270,6 +270,6 @@ def test_comm_port_peers(launched):
     kc = client(info)
     try:
         for req in (b'{"signum": 15}', b'{"shutdown": 1}', b'{"signum": 9}'): comm(info, req)
-        assert kc.execute_interactive("1+1", timeout=10)["content"]["status"] == "ok"
+        assert kc.execute_interactive("1+1", timeout=TIMEOUT)["content"]["status"] == "ok"
         assert p.poll() is None
     finally: kc.stop_channels()
