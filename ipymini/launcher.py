@@ -2,7 +2,7 @@
 encrypted connection info, serves the comm port on a thread, then runs the kernel in this same process. Writes no file.
 `python -m ipymini.launcher --kernel-id ID --response-address IP:PORT --public-key KEY [--port-range LO..HI]
 [--transport-encryption auto|required]`"""
-import base64, json, logging, os, random, re, signal, socket, sys, threading, uuid
+import base64, json, logging, os, random, re, secrets, signal, socket, sys, threading
 
 log = logging.getLogger("ipymini")
 # option -> environment variables a container bootstrap sets instead (EG's bootstrap-kernel.sh), first found wins
@@ -60,7 +60,7 @@ def free_ports(n, lo, hi) -> list:
 def connection(lo, hi, encryption=None) -> dict:
     "The kernel's connection info, in memory: 5 ports on all interfaces, a fresh HMAC key, CurveZMQ keys when asked for."
     conn = dict(zip(("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"), free_ports(5, lo, hi)),
-        ip="0.0.0.0", transport="tcp", signature_scheme="hmac-sha256", key=uuid.uuid4().hex + uuid.uuid4().hex)
+        ip="0.0.0.0", transport="tcp", signature_scheme="hmac-sha256", key=secrets.token_hex(32))
     if encryption in ("auto", "required"):
         import zmq
         if not zmq.has("curve"):

@@ -116,16 +116,28 @@ def test_interrupt(k):
     reply,outs = k.ws.execute("1+1")
     assert result(outs) == "2"
 
-def test_restart(k):
-    "POST /restart: the old kernel process is gone within 2 s of the reply, and a new one answers."
-    stock(k, ("gp", "gp-curve"), "GP reads its listener's exit as the kernel's, and leaves the old kernel running")
-    stock(k, ("eg",), "its listener child may die first; EG then leaves the old kernel running (2 of ~12 runs)", strict=False)
+def restart(k, busy=False):
+    "POST /restart (while a cell sleeps if `busy`); then the old kernel process must be gone within 2 s of the reply."
     old = k.pid
+    if busy:
+        mid = k.ws.send("execute_request", dict(code="import time; time.sleep(30)", silent=False, store_history=True,
+            user_expressions={}, allow_stdin=False, stop_on_error=True))
+        k.ws.wait_for(lambda m: m["msg_type"] == "execute_input" and m["parent_header"].get("msg_id") == mid)
     k.gw.rest("POST", f"/api/kernels/{k.kid}/restart")
     t = time.monotonic()
     k.connect()
     assert k.pid != old
     assert gone(old, max(0.1, 2 - (time.monotonic() - t))), "the old kernel still runs 2 s after the restart"
+
+def test_restart(k):
+    "POST /restart of an idle kernel: the old process is gone within 2 s of the reply, and a new one answers."
+    stock(k, ("gp", "gp-curve"), "GP reads its listener's exit as the kernel's, and leaves the old kernel running")
+    stock(k, ("eg",), "its listener child may die first; EG then leaves the old kernel running (2 of ~12 runs)", strict=False)
+    restart(k)
+
+def test_restart_busy(k):
+    "POST /restart while a cell runs time.sleep(30): the same, the cell does not hold the old process."
+    restart(k, busy=True)
 
 def test_shutdown_leaves_nothing(k):
     "DELETE /api/kernels/<id>: within 2 s no process of the kernel is left, and no file naming it."
