@@ -1,6 +1,6 @@
 """Real gateways on loopback for pytests/test_gateway.py: a private sshd on 127.0.0.2 (EG and GP take 127.0.0.1 as local and
 skip SSH), Enterprise Gateway or Kernel Gateway + gateway_provisioners from tools/gateways.sh's venvs, and a REST + websocket client."""
-import asyncio, glob, json, os, shutil, socket, subprocess, sys, time, urllib.request, uuid
+import asyncio, glob, json, os, shutil, socket, subprocess, sys, threading, time, urllib.request, uuid
 from contextlib import contextmanager
 
 REMOTE   = "127.0.0.2"
@@ -60,14 +60,22 @@ def sshd(d):
         yield port,home
     finally: stop(p)
 
-def install_specs(d, gateway, py=sys.executable) -> str:
+spec_lock = threading.Lock()
+
+def install_specs(root, gateway, py=sys.executable) -> str:
     """ipymini's spec, written by `python -m ipymini install --gateway`, and the stock ipykernel launcher's, written by GP's
-    `jupyter-ssh-spec` (EG's gets the same launcher, its short options, and EG's metadata); returns their JUPYTER_PATH."""
-    subprocess.run([py, "-m", "ipymini", "install", "--gateway", gateway, "--prefix", d, "--name", "ipymini",
-        "--remote-hosts", REMOTE, "--python", py], check=True, capture_output=True)
-    subprocess.run([f"{GATEWAYS}/gp/bin/jupyter-ssh-spec", "install", "--prefix", d, "--kernel-name", "python3", "--remote-hosts", REMOTE],
-        check=True, capture_output=True)
+    `jupyter-ssh-spec` (EG's gets the same launcher, its short options, and EG's metadata), once per gateway kind under `root`;
+    returns their JUPYTER_PATH."""
+    d = f"{root}/specs-{gateway}"
     path = f"{d}/share/jupyter"
+    with spec_lock:
+        if os.path.exists(d): return path
+        os.makedirs(d)
+    ps = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for a in (
+        [py, "-m", "ipymini", "install", "--gateway", gateway, "--prefix", d, "--name", "ipymini", "--remote-hosts", REMOTE, "--python", py],
+        [f"{GATEWAYS}/gp/bin/jupyter-ssh-spec", "install", "--prefix", d, "--kernel-name", "python3", "--remote-hosts", REMOTE])]
+    for p in ps:
+        if p.wait(60): raise RuntimeError(f"{p.args[:4]} failed: {p.stderr.read().decode()}")
     with open(f"{path}/kernels/python3/kernel.json") as f: spec = json.load(f)
     spec["argv"][0] = py  # "python" over SSH is whatever the login's PATH finds
     if gateway == "eg":
@@ -81,12 +89,12 @@ def install_specs(d, gateway, py=sys.executable) -> str:
 @contextmanager
 def gateway(d, kind, encryption=None, **extra):
     "EG (`kind` 'eg') or Kernel Gateway + GP ('gp') on 127.0.0.1, starting kernels over SSH on 127.0.0.2: yields a `Gateway`; `extra`: more env."
-    d = os.path.join(d, kind + (encryption or ""))
+    root,d = d,os.path.join(d, kind + (encryption or ""))
     os.makedirs(d)
     with sshd(d) as (ssh_port,home):
         port,logs = free_port(),f"{d}/kernel-logs"
         os.makedirs(logs)
-        env = dict(PATH=os.environ["PATH"], HOME=home, JUPYTER_PATH=install_specs(d, kind), JUPYTER_RUNTIME_DIR=f"{d}/runtime",
+        env = dict(PATH=os.environ["PATH"], HOME=home, JUPYTER_PATH=install_specs(root, kind), JUPYTER_RUNTIME_DIR=f"{d}/runtime",
             JUPYTER_DATA_DIR=f"{d}/data", JUPYTER_CONFIG_DIR=f"{d}/config", JUPYTER_PLATFORM_DIRS="1", LANG="C.UTF-8")
         P = kind.upper()
         env.update({f"{P}_SSH_PORT": str(ssh_port), f"{P}_REMOTE_HOSTS": REMOTE, f"{P}_KERNEL_LOG_DIR": logs, f"{P}_RESPONSE_IP": "127.0.0.1",
@@ -101,14 +109,14 @@ def gateway(d, kind, encryption=None, **extra):
         p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=d)
         try:
             wait_port("127.0.0.1", port, p, 60)
-            yield Gateway(f"127.0.0.1:{port}", d, logs)
+            yield Gateway(f"127.0.0.1:{port}", d, logs, p)
         finally:
             stop(p)
             log.close()
 
 class Gateway:
     "The gateway's REST API, and kernels' websockets."
-    def __init__(self, addr, d, logs): self.addr,self.d,self.logs = addr,d,logs
+    def __init__(self, addr, d, logs, proc): self.addr,self.d,self.logs,self.proc = addr,d,logs,proc
 
     def rest(self, method, path, body=None, timeout=60):
         data = None if body is None else json.dumps(body).encode()

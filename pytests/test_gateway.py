@@ -40,6 +40,7 @@ def gateways(tmp_path_factory):
         kinds = ("eg", "gp", "gp-curve")
         with ThreadPoolExecutor(len(kinds)) as ex: made = dict(zip(kinds, ex.map(start, kinds)))
         yield made
+        for gw in made.values(): gw.proc.terminate()  # all at once: each takes a second to stop
     for k,t in first_reply.items(): print(f"\nstart to first reply {k}: {t:.2f} s")
 
 class Kernel:
