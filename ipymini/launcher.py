@@ -99,6 +99,8 @@ class CommListener(threading.Thread):
         bind_in(self.sock, lo, hi)
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
+        # a child forked by user code must not hold the port open: the gateway would take the kernel for alive after it died
+        os.register_at_fork(after_in_child=self.sock.close)
 
     def run(self):
         from .channels import block_signals

@@ -292,3 +292,21 @@ def test_comm_port_peers(launched):
         assert kc.execute_interactive("1+1", timeout=TIMEOUT)["content"]["status"] == "ok"
         assert p.poll() is None
     finally: kc.stop_channels()
+
+def test_comm_port_not_in_forked_child(launched):
+    "A process user code forked keeps running after SIGKILL of the kernel, but not the comm port: the gateway sees the kernel gone."
+    import socket
+    p,info,kid = launched("--kernel-id", "{kernel_id}", "--response-address", "{response_address}", "--public-key", "{public_key}")
+    kc = client(info)
+    try:
+        out = []
+        kc.execute_interactive("import os, time\nchild = os.fork()\nif child == 0:\n    time.sleep(20)\n    os._exit(0)\nprint(child)",
+            timeout=TIMEOUT, output_hook=out.append)
+        child = int("".join(m["content"]["text"] for m in out if m["msg_type"] == "stream"))
+        try:
+            comm(info, b'{"signum": 9}')
+            p.wait(5)
+            assert not gone(child, 0.1)
+            with pytest.raises(ConnectionRefusedError): socket.create_connection(("127.0.0.1", info["comm_port"]), timeout=2)
+        finally: os.kill(child, signal.SIGKILL)
+    finally: kc.stop_channels()
