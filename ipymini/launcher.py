@@ -154,10 +154,10 @@ def main(argv=None):
     o = parse_args(sys.argv[1:] if argv is None else argv)
     miss = [k for k in ("kernel_id", "response_address", "public_key") if k not in o]
     if miss: sys.exit(f"ipymini.launcher: missing {', '.join('--' + m.replace('_', '-') for m in miss)}")
-    if o.get("kernel_class_name"): log.info("--kernel-class-name %s ignored: this launcher runs ipymini", o["kernel_class_name"])
     from .__main__ import logs, serve
     from .procs import env_flag
     log_stream = logs(env_flag("IPYMINI_DEBUG", False))
+    if o.get("spark_context_initialization_mode", "none") != "none": log.warning("no Spark context is made: ipymini.launcher has no Spark")
     lo,hi = port_range(o.get("port_range"))
     conn = connection(lo, hi, o.get("transport_encryption"))
     comm = CommListener(lo, hi, peers(o["response_address"]))
