@@ -302,7 +302,7 @@ def test_comm_port_not_in_forked_child(launched):
         out = []
         kc.execute_interactive("import os, time\nchild = os.fork()\nif child == 0:\n    time.sleep(20)\n    os._exit(0)\nprint(child)",
             timeout=TIMEOUT, output_hook=out.append)
-        child = int("".join(m["content"]["text"] for m in out if m["msg_type"] == "stream"))
+        child = int("".join(m["content"]["text"] for m in out if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"))
         try:
             comm(info, b'{"signum": 9}')
             p.wait(5)
