@@ -4,7 +4,7 @@ beside the stock ipykernel launcher in the same harness, its known failures mark
 import glob, os, signal, time, pytest
 from contextlib import ExitStack
 from gateway_utils import WS, gateway, missing, procs, result
-from kutils import TIMEOUT, gone
+from kutils import TIMEOUT, gone, text
 
 why = missing()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(why), reason=why), pytest.mark.timeout(180)]
@@ -302,7 +302,7 @@ def test_comm_port_not_in_forked_child(launched):
         out = []
         kc.execute_interactive("import os, time\nchild = os.fork()\nif child == 0:\n    time.sleep(20)\n    os._exit(0)\nprint(child)",
             timeout=TIMEOUT, output_hook=out.append)
-        child = int("".join(m["content"]["text"] for m in out if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"))
+        child = int(text(out))
         try:
             comm(info, b'{"signum": 9}')
             p.wait(5)
