@@ -190,6 +190,30 @@ def procs(needle) -> list:
         if needle.encode() in cmd and not zombie: out.append(int(n))
     return out
 
+class Answer:
+    "A response address as a gateway opens one, with its RSA key; `conn()` decrypts the one answer a launcher sends."
+    def __init__(self):
+        import base64
+        from Cryptodome.PublicKey import RSA
+        self.rsa = RSA.generate(2048)
+        self.public = base64.b64encode(self.rsa.publickey().export_key("DER")).decode()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(20)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def conn(self) -> dict:
+        import base64
+        from Cryptodome.Cipher import AES, PKCS1_v1_5
+        from Cryptodome.Util.Padding import unpad
+        c,_ = self.sock.accept()
+        with c:
+            data = b""
+            while (b := c.recv(65536)): data += b
+        p = json.loads(base64.b64decode(data))
+        assert p["version"] == 1
+        aes = PKCS1_v1_5.new(self.rsa).decrypt(base64.b64decode(p["key"]), None)
+        return json.loads(unpad(AES.new(aes, AES.MODE_ECB).decrypt(base64.b64decode(p["conn_info"])), 16))
+
 def bench(n=5, poll=None):
     """Start-to-first-reply through each gateway, ipymini's launcher and the stock one alternating: `python pytests/gateway_utils.py [N [POLL]]`;
     POLL sets the gateways' poll interval (EG_/GP_POLL_INTERVAL, default 0.5 s), at which they look for the launcher's answer."""
@@ -214,4 +238,27 @@ def bench(n=5, poll=None):
                     med = lambda i: statistics.median(t[i] for t in ts)
                     print(f"{kind} {spec:8} POST /api/kernels {med(0):.2f} s, first reply {med(1):.2f} s (median of {n})")
 
-if __name__ == "__main__": bench(int(sys.argv[1]) if len(sys.argv) > 1 else 5, float(sys.argv[2]) if len(sys.argv) > 2 else None)
+def bench_answer(n=7):
+    "How soon each launcher alone answers (process start to the decrypted connection info), no gateway: ipymini's and GP's stock one."
+    import statistics, tempfile, psutil
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([f"{GATEWAYS}/gp/bin/jupyter-ssh-spec", "install", "--prefix", d, "--kernel-name", "s"], check=True, capture_output=True)
+        times = {"ipymini": [], "python3": []}
+        for i in range(n):
+            for spec in times:
+                a,kid = Answer(),"k" + uuid.uuid4().hex
+                args = ["--kernel-id", kid, "--response-address", a.address, "--public-key", a.public, "--port-range", "0..0"]
+                pre = ["-m", "ipymini.launcher"] if spec == "ipymini" else [f"{d}/share/jupyter/kernels/s/scripts/launch_ipykernel.py"]
+                t = time.monotonic()
+                p = subprocess.Popen([sys.executable, *pre, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                a.conn()
+                times[spec].append(time.monotonic() - t)
+                for c in [*psutil.Process(p.pid).children(recursive=True), p]: c.kill()
+                p.wait()
+                for f in glob.glob(f"/tmp/kernel-{kid}_*.json"): os.remove(f)
+        for spec,ts in times.items(): print(f"launcher alone {spec:8} answers after {statistics.median(ts)*1000:.0f} ms (median of {n})")
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    bench_answer(n)
+    bench(n, float(sys.argv[2]) if len(sys.argv) > 2 else None)

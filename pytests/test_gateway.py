@@ -3,7 +3,7 @@ gateway_provisioners (DistributedProvisioner, also with CurveZMQ required), driv
 beside the stock ipykernel launcher in the same harness, its known failures marked. One gateway of each kind per module."""
 import glob, os, signal, time, pytest
 from contextlib import ExitStack
-from gateway_utils import WS, gateway, missing, procs, result
+from gateway_utils import WS, Answer, gateway, missing, procs, result
 from kutils import TIMEOUT, gone, text
 
 why = missing()
@@ -162,30 +162,6 @@ def test_shutdown_leaves_nothing(k):
     assert not glob.glob(f"/tmp/kernel-{k.kid}*.json"), "connection file left in /tmp"
 
 # --- the launcher protocol against a gateway's side written here (real RSA/AES, a real client): fast, no SSH
-class Answer:
-    "A response address as a gateway opens one, with its RSA key; `conn()` decrypts the one answer a launcher sends."
-    def __init__(self):
-        import base64, socket
-        from Cryptodome.PublicKey import RSA
-        self.rsa = RSA.generate(2048)
-        self.public = base64.b64encode(self.rsa.publickey().export_key("DER")).decode()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(20)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def conn(self) -> dict:
-        import base64, json
-        from Cryptodome.Cipher import AES, PKCS1_v1_5
-        from Cryptodome.Util.Padding import unpad
-        c,_ = self.sock.accept()
-        with c:
-            data = b""
-            while (b := c.recv(65536)): data += b
-        p = json.loads(base64.b64decode(data))
-        assert p["version"] == 1
-        aes = PKCS1_v1_5.new(self.rsa).decrypt(base64.b64decode(p["key"]), None)
-        return json.loads(unpad(AES.new(aes, AES.MODE_ECB).decrypt(base64.b64decode(p["conn_info"])), 16))
-
 def comm(info, req:bytes):
     "One request on the comm port, as the gateways send it: connect, send, close."
     import socket
