@@ -10,6 +10,7 @@ why = missing()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(why), reason=why), pytest.mark.timeout(180)]
 setups = [("eg", "ipymini"), ("eg", "python3"), ("gp", "ipymini"), ("gp", "python3"), ("gp-curve", "ipymini")]
 first_reply = {}  # setup -> seconds from POST /api/kernels to the reply to 1+1, printed at the end of the module
+SLEEP = "print('sleeping', flush=True); import time; time.sleep(30)"  # its output says user code runs: an interrupt lands now
 kids = set()  # every kernel id started, for the sweep after the gateways stop
 
 def sweep():
@@ -112,9 +113,9 @@ def plain_answers(k) -> list:
 
 def test_interrupt(k):
     "POST /interrupt reaches the kernel through the comm port: a time.sleep(30) ends at once with KeyboardInterrupt."
-    mid = k.ws.send("execute_request", dict(code="import time; time.sleep(30)", silent=False, store_history=True, user_expressions={},
+    mid = k.ws.send("execute_request", dict(code=SLEEP, silent=False, store_history=True, user_expressions={},
         allow_stdin=False, stop_on_error=True))
-    k.ws.wait_for(lambda m: m["msg_type"] == "execute_input" and m["parent_header"].get("msg_id") == mid)
+    k.ws.wait_for(lambda m: m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == mid)  # the cell runs
     t = time.monotonic()
     k.gw.rest("POST", f"/api/kernels/{k.kid}/interrupt")
     m = k.ws.wait_for(lambda m: m["msg_type"] == "execute_reply" and m["parent_header"].get("msg_id") == mid, timeout=10)
@@ -127,9 +128,9 @@ def restart(k, busy=False):
     "POST /restart (while a cell sleeps if `busy`); then the old kernel process must be gone within 2 s of the reply."
     old = k.pid
     if busy:
-        mid = k.ws.send("execute_request", dict(code="import time; time.sleep(30)", silent=False, store_history=True,
+        mid = k.ws.send("execute_request", dict(code=SLEEP, silent=False, store_history=True,
             user_expressions={}, allow_stdin=False, stop_on_error=True))
-        k.ws.wait_for(lambda m: m["msg_type"] == "execute_input" and m["parent_header"].get("msg_id") == mid)
+        k.ws.wait_for(lambda m: m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == mid)  # the cell runs
     k.gw.rest("POST", f"/api/kernels/{k.kid}/restart")
     t = time.monotonic()
     k.connect()
@@ -224,8 +225,8 @@ def test_comm_port(launched):
             comm(info, junk)
         comm(info, b'{"signum": 0}')
         assert kc.execute_interactive("1+1", timeout=TIMEOUT)["content"]["status"] == "ok"
-        mid = kc.execute("import time; time.sleep(30)")
-        while kc.get_iopub_msg(timeout=10)["msg_type"] != "execute_input": pass
+        mid = kc.execute(SLEEP)
+        while kc.get_iopub_msg(timeout=10)["msg_type"] != "stream": pass  # the cell runs
         comm(info, b'{"signum": 2}')
         r = kc.get_shell_msg(timeout=10)
         assert r["parent_header"]["msg_id"] == mid and r["content"]["ename"] == "KeyboardInterrupt"
