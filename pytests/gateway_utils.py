@@ -13,7 +13,7 @@ def missing() -> str:
     "Why the gateway tests cannot run here, or ''."
     if not os.access(SSHD, os.X_OK): return "no sshd (tools/test.sh installs openssh-server as root)"
     for v in ("eg", "gp"):
-        if not os.access(f"{GATEWAYS}/{v}/bin/jupyter", os.X_OK): return f"no {v} gateway venv (run tools/gateways.sh)"
+        if not os.path.exists(f"{GATEWAYS}/{v}/.reqs"): return f"no {v} gateway venv (tools/gateways.sh builds them)"  # written last
     return ""
 
 def free_port(ip="127.0.0.1") -> int:
