@@ -26,8 +26,8 @@ def stock(k, gws, reason, strict=True):
     if k.spec == "python3" and k.gw_kind in gws: k.request.applymarker(pytest.mark.xfail(reason=f"stock launcher: {reason}", strict=strict))
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory):
-    "The module's three gateways (EG, GP, GP with CurveZMQ required), started side by side on first use."
+def gateways(tmp_path_factory, kernel_name):
+    "The module's gateways (EG, GP, and for ipymini GP with CurveZMQ required), started side by side on first use."
     import threading
     from concurrent.futures import ThreadPoolExecutor
     d,lock = str(tmp_path_factory.mktemp("gw")),threading.Lock()
@@ -38,7 +38,7 @@ def gateways(tmp_path_factory):
             gw = cm.__enter__()
             with lock: stack.push(cm.__exit__)
             return gw
-        kinds = ("eg", "gp", "gp-curve")
+        kinds = {k for k,spec in setups if spec == "python3" or kernel_name == "ipymini"}
         with ThreadPoolExecutor(len(kinds)) as ex: made = dict(zip(kinds, ex.map(start, kinds)))
         yield made
         for gw in made.values(): gw.proc.terminate()  # all at once: each takes a second to stop
