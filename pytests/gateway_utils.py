@@ -1,13 +1,12 @@
 """Real gateways on loopback for pytests/test_gateway.py: a private sshd on 127.0.0.2 (EG and GP take 127.0.0.1 as local and
 skip SSH), Enterprise Gateway or Kernel Gateway + gateway_provisioners from tools/gateways.sh's venvs, and a REST + websocket client."""
-import asyncio, glob, json, os, shutil, socket, subprocess, sys, threading, time, urllib.request, uuid
+import asyncio, getpass, glob, json, os, shutil, socket, subprocess, sys, threading, time, urllib.request, uuid
 from contextlib import contextmanager
 
 REMOTE   = "127.0.0.2"
 GATEWAYS = os.environ.get("IPYMINI_GATEWAYS", os.path.expanduser("~/.cache/ipymini-gateways"))
 SSHD     = shutil.which("sshd") or "/usr/sbin/sshd"
 USER     = "jovyan"  # KERNEL_USERNAME: both gateways refuse to start kernels for root
-ROOT     = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def missing() -> str:
     "Why the gateway tests cannot run here, or ''."
@@ -54,7 +53,7 @@ def sshd(d):
     with open(f"{d}/sshd_config", "w") as f: f.write("\n".join([f"ListenAddress {REMOTE}:{port}", f"HostKey {d}/host_key",
         f"AuthorizedKeysFile {d}/authorized_keys", f"PidFile {d}/sshd.pid", "PubkeyAuthentication yes", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no", "LogLevel ERROR", ""]))
-    p = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{d}/sshd_config"], stderr=open(f"{d}/sshd.log", "w"))
+    with open(f"{d}/sshd.log", "w") as log: p = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{d}/sshd_config"], stderr=log)
     try:
         wait_port(REMOTE, port, p)
         yield port,home
@@ -88,7 +87,8 @@ def install_specs(root, gateway, py=sys.executable) -> str:
 
 @contextmanager
 def gateway(d, kind, encryption=None, **extra):
-    "EG (`kind` 'eg') or Kernel Gateway + GP ('gp') on 127.0.0.1, starting kernels over SSH on 127.0.0.2: yields a `Gateway`; `extra`: more env."
+    """EG (`kind` 'eg') or Kernel Gateway + GP ('gp') on 127.0.0.1, starting kernels over SSH on 127.0.0.2 as this user: yields
+    a `Gateway`; `extra`: more of the gateway's environment."""
     root,d = d,os.path.join(d, kind + (encryption or ""))
     os.makedirs(d)
     with sshd(d) as (ssh_port,home):
@@ -98,7 +98,7 @@ def gateway(d, kind, encryption=None, **extra):
             JUPYTER_DATA_DIR=f"{d}/data", JUPYTER_CONFIG_DIR=f"{d}/config", JUPYTER_PLATFORM_DIRS="1", LANG="C.UTF-8")
         P = kind.upper()
         env.update({f"{P}_SSH_PORT": str(ssh_port), f"{P}_REMOTE_HOSTS": REMOTE, f"{P}_KERNEL_LOG_DIR": logs, f"{P}_RESPONSE_IP": "127.0.0.1",
-            f"{P}_REMOTE_USER": "root", f"{P}_RESPONSE_PORT": str(free_port()), **extra})
+            f"{P}_REMOTE_USER": getpass.getuser(), f"{P}_RESPONSE_PORT": str(free_port()), **extra})
         jup = f"{GATEWAYS}/{kind}/bin/jupyter"
         if kind == "eg": cmd = [jup, "enterprisegateway", "--ip=127.0.0.1", f"--port={port}", "--port_retries=0"]
         else:
