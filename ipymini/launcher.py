@@ -5,10 +5,10 @@ encrypted connection info, serves the comm port on a thread, then runs the kerne
 import base64, json, logging, os, random, re, secrets, signal, socket, sys, threading
 
 log = logging.getLogger("ipymini")
-# option -> environment variables a container bootstrap sets instead (EG's bootstrap-kernel.sh), first found wins
+# option -> environment variables a container gets instead (EG's and GP's launch_kubernetes.py, bootstrap-kernel.sh), first found wins
 opts = dict(kernel_id="KERNEL_ID", response_address="RESPONSE_ADDRESS EG_RESPONSE_ADDRESS", public_key="PUBLIC_KEY EG_PUBLIC_KEY",
     port_range="PORT_RANGE EG_PORT_RANGE", spark_context_initialization_mode="KERNEL_SPARK_CONTEXT_INIT_MODE", cluster_type="",
-    kernel_class_name="KERNEL_CLASS_NAME", transport_encryption="KERNEL_TRANSPORT_ENCRYPTION")
+    kernel_class_name="KERNEL_CLASS_NAME", transport_encryption="TRANSPORT_ENCRYPTION")
 signums   = {0, signal.SIGINT, signal.SIGTERM, signal.SIGKILL}  # what the gateways send: poll, interrupt, terminate, kill
 MAX_REQ   = 1024     # a comm request is one small JSON object; more is not a request
 HARD_EXIT = 1.8      # seconds from a shutdown request to the process being gone, whatever the kernel is doing

@@ -210,9 +210,9 @@ def test_launcher_answers_once_and_serves(launched, tmp_path):
     assert not glob.glob(f"/tmp/*{kid}*"), "the launcher wrote a file"
 
 def test_launcher_env_and_curve(launched):
-    "A container's environment (KERNEL_ID, RESPONSE_ADDRESS, PUBLIC_KEY) in place of options; `required` encryption: CurveZMQ keys."
-    p,info,kid = launched("--transport-encryption", "required", env=dict(KERNEL_ID="{kernel_id}", RESPONSE_ADDRESS="{response_address}",
-        PUBLIC_KEY="{public_key}"))
+    "A container's environment (KERNEL_ID, RESPONSE_ADDRESS, PUBLIC_KEY, TRANSPORT_ENCRYPTION) in place of options: CurveZMQ keys."
+    p,info,kid = launched(env=dict(KERNEL_ID="{kernel_id}", RESPONSE_ADDRESS="{response_address}", PUBLIC_KEY="{public_key}",
+        TRANSPORT_ENCRYPTION="required"))
     import zmq
     assert info["kernel_id"] == kid and zmq.curve_public(info["curve_secretkey"].encode()) == info["curve_publickey"].encode()
 
