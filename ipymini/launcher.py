@@ -3,6 +3,7 @@ encrypted connection info, serves the comm port on a thread, then runs the kerne
 `python -m ipymini.launcher --kernel-id ID --response-address IP:PORT --public-key KEY [--port-range LO..HI]
 [--transport-encryption auto|required]`"""
 import base64, json, logging, os, random, re, secrets, signal, socket, sys, threading
+from time import monotonic
 
 log = logging.getLogger("ipymini")
 # option -> environment variables a container gets instead (EG's and GP's launch_kubernetes.py, bootstrap-kernel.sh), first found wins
@@ -91,9 +92,10 @@ def answer(address:str, data:bytes, timeout=30):
 class CommListener(threading.Thread):
     """The gateway's comm port, on a daemon thread of the kernel process, so it is refused exactly when the kernel is gone.
     One JSON object per connection: `{"signum": 0|2|9|15}` (0 a liveness poll) or `{"shutdown": 1}`; anything else is ignored."""
-    def __init__(self, lo, hi, allowed=None):
+    def __init__(self, lo, hi, allowed=None, orphan=0.0):
         super().__init__(daemon=True, name="ipymini-comm")
         self.allowed = allowed  # peer addresses accepted (None: any); others are closed unread
+        self.orphan,self.last = orphan,monotonic()  # seconds without a gateway request (it polls every few seconds) before we end
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         bind_in(self.sock, lo, hi)
@@ -106,7 +108,12 @@ class CommListener(threading.Thread):
         from .channels import block_signals
         block_signals()  # started before the kernel's threads: SIGINT and SIGTERM are the main thread's
         while True:
+            if self.orphan: self.sock.settimeout(max(0.05, self.last + self.orphan - monotonic()))
             try: conn,peer = self.sock.accept()
+            except TimeoutError:
+                if monotonic() - self.last < self.orphan: continue
+                log.warning("comm port: no request from the gateway for %.0f s: it is gone; shutting down", self.orphan)
+                return shutdown()
             except OSError: return
             with conn:
                 if self.allowed is not None and peer[0] not in self.allowed:
@@ -126,6 +133,7 @@ class CommListener(threading.Thread):
         try: req = json.loads(data)
         except ValueError: req = None
         if isinstance(req, dict) and set(req) == {"signum"} and type(req["signum"]) is int and req["signum"] in signums:
+            self.last = monotonic()
             if req["signum"]: os.kill(os.getpid(), req["signum"])
         elif req == {"shutdown": 1}: shutdown()
         else: log.warning("comm port: ignored %r", data[:100])
@@ -160,7 +168,7 @@ def main(argv=None):
     if o.get("spark_context_initialization_mode", "none") != "none": log.warning("no Spark context is made: ipymini.launcher has no Spark")
     lo,hi = port_range(o.get("port_range"))
     conn = connection(lo, hi, o.get("transport_encryption"))
-    comm = CommListener(lo, hi, peers(o["response_address"]))
+    comm = CommListener(lo, hi, peers(o["response_address"]), float(os.environ.get("IPYMINI_GATEWAY_ORPHAN", "0") or 0))
     # the whole connection info, CurveZMQ secret key included, as a connection file holds it: gateway_provisioners requires both
     # keys, and the payload is encrypted to the gateway's RSA key
     info = dict(conn, pid=os.getpid(), pgid=os.getpgid(0), comm_port=comm.port, kernel_id=o["kernel_id"])

@@ -287,3 +287,17 @@ def test_comm_port_not_in_forked_child(launched):
             with pytest.raises(ConnectionRefusedError): socket.create_connection(("127.0.0.1", info["comm_port"]), timeout=2)
         finally: os.kill(child, signal.SIGKILL)
     finally: kc.stop_channels()
+
+def test_orphan_timeout(launched):
+    "IPYMINI_GATEWAY_ORPHAN=S: polls (signum 0) keep the kernel; S seconds with none (the gateway is gone) end it; junk does not count."
+    p,info,kid = launched("--kernel-id", "{kernel_id}", "--response-address", "{response_address}", "--public-key", "{public_key}",
+        env=dict(IPYMINI_GATEWAY_ORPHAN="1"))
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        comm(info, b'{"signum": 0}')
+        assert p.poll() is None, "ended while the gateway polled"
+        time.sleep(0.3)
+    comm(info, b"junk")
+    t = time.monotonic()
+    p.wait(5)
+    assert 0.5 < time.monotonic() - t < 4
