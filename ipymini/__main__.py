@@ -32,7 +32,7 @@ def run(conn_file, debug=False):
     with open(conn_file) as f: conn = json.load(f)
     try: k = Kernel(conn)
     except ValueError as e: sys.exit(f"ipymini: cannot start with {conn_file}: {e}")
-    k.log_stream = log_stream
+    k.log_stream,k.conn_file = log_stream,os.path.abspath(conn_file)
     k.start()
     log_stream.flush()
     os._exit(0)  # everything is flushed and closed; skip waiting on library threads at interpreter exit

@@ -1,0 +1,244 @@
+"The memory guard (a cell near the memory limit ends with MemoryError) and the death report (why the last kernel died)."
+import ctypes, faulthandler, gc, hashlib, logging, mmap, os, re, struct, sys, threading
+from .procs import env_flag
+
+log = logging.getLogger("ipymini")
+REC = struct.Struct("8sqqqq")  # magic, pid, start time (clock ticks since boot), oom kills at start, cell count (<0: idle after it)
+MAGIC,HEAD = b"ipymini1",64  # faulthandler writes the fatal signal's stack after the header
+bookkeeping = re.compile(r"_+|_i+|_i?\d+")  # IPython's own per-cell names (`_i7`, `_7`, `__`): never freed by a stop
+
+def parse_size(s) -> int:
+    "`512M`, `2G`, `1.5e9` (bytes; K/M/G/T are powers of 1024) as an int; 0 or `off` is no limit."
+    s = str(s).strip().upper().rstrip("B")
+    if s in ("", "0", "OFF", "NONE"): return 0
+    k = "KMGT".find(s[-1]) + 1
+    return int(float(s[:-1] if k else s) * 1024**k)
+
+def fmt(n) -> str: return f"{n/2**30:.2f} GB" if n >= 2**30 else f"{n/2**20:.0f} MB"
+
+def read(path, default=None):
+    try:
+        with open(path) as f: return f.read()
+    except OSError: return default
+
+def cgroup() -> tuple:
+    "`(version, [dirs])`: this process's memory cgroup and its ancestors up to the mount point, ours first; `(0, [])` if none."
+    mounts = {}
+    for line in (read("/proc/self/mountinfo") or "").splitlines():
+        f = line.split()
+        i = f.index("-")
+        if f[i+1] == "cgroup" and "memory" in f[i+3].split(","): mounts[1] = f[3],f[4]
+        elif f[i+1] == "cgroup2": mounts.setdefault(2, (f[3],f[4]))
+    for line in (read("/proc/self/cgroup") or "").splitlines():
+        hid,ctrls,path = line.split(":", 2)
+        v = 1 if "memory" in ctrls.split(",") and 1 in mounts else 2 if hid == "0" and 2 in mounts else 0
+        if not v: continue
+        root,mnt = mounts[v]
+        if root != "/" and path.startswith(root): path = path[len(root):]
+        d,dirs = os.path.normpath(mnt + "/" + path),[]
+        while d.startswith(mnt):
+            dirs.append(d)
+            if d == mnt: break
+            d = os.path.dirname(d)
+        if os.path.exists(os.path.join(dirs[0], "memory.limit_in_bytes" if v == 1 else "memory.current")): return v,dirs
+    return 0,[]
+
+def oom_kills(v, dirs) -> int:
+    "The OOM killer's count summed over our cgroup and its ancestors (each counts the kills its own limit caused)."
+    name,key = ("memory.oom_control", "oom_kill") if v == 1 else ("memory.events", "oom_kill")
+    n = 0
+    for d in dirs:
+        m = re.search(rf"^{key} (\d+)", read(os.path.join(d, name), ""), re.M)
+        if m: n += int(m.group(1))
+    return n
+
+def start_time(pid) -> int:
+    "Clock ticks since boot when `pid` started (tells a reused pid apart), or 0 if it is gone."
+    stat = read(f"/proc/{pid}/stat", "")
+    return int(stat[stat.rindex(")") + 2:].split()[19]) if stat else 0
+
+def alive(pid, started) -> bool:
+    if (st := read(f"/proc/{pid}/stat", "")) and st[st.rindex(")") + 2] == "Z": return False
+    return start_time(pid) == started
+
+class Record:
+    "The death record: an mmap'd file keyed on the connection file, written per cell, removed at clean shutdown."
+    def __init__(self, conn_file, cg):
+        from jupyter_core.paths import jupyter_runtime_dir
+        key = hashlib.sha256(os.path.realpath(conn_file).encode()).hexdigest()[:20]
+        self.path,self.cg,self.mm,self.fd = os.path.join(jupyter_runtime_dir(), f"ipymini-{key}.died"),cg,None,None
+        self.report = self.last()  # before ours replaces it
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try: os.unlink(self.path)
+        except FileNotFoundError: pass
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(self.fd, HEAD)
+        self.mm = mmap.mmap(self.fd, HEAD)
+        pid = os.getpid()
+        REC.pack_into(self.mm, 0, MAGIC, pid, start_time(pid), oom_kills(*cg), 0)
+        os.lseek(self.fd, HEAD, os.SEEK_SET)
+        faulthandler.enable(self.fd, all_threads=False)  # the faulting thread's stack, written by C in the signal handler
+        os.register_at_fork(after_in_child=faulthandler.disable)  # a forked child's crash is not the kernel's
+
+    def last(self) -> str:
+        "What the record a dead kernel left says, as a message for the user; '' when there is none (clean exit) or it lives."
+        try:
+            with open(self.path, "rb") as f: data = f.read()
+        except OSError: return ""
+        if len(data) < REC.size or data[:8] != MAGIC: return ""
+        _,pid,started,ooms,count = REC.unpack_from(data)
+        if alive(pid, started): return ""
+        cell = f"while cell In [{count}] was running" if count > 0 else f"while idle (after cell In [{-count}])" if count else "while starting"
+        crash = data[HEAD:].decode("utf-8", "replace").strip()
+        if (m := re.search(r"Fatal Python error: (.+)", crash)):
+            return f"The previous kernel (pid {pid}) died from a {m.group(1).strip()} {cell}. Its Python stack:\n{crash}\n"
+        if oom_kills(*self.cg) > ooms:
+            return (f"The previous kernel (pid {pid}) was killed {cell}: out of memory (the kernel's memory cgroup ran out and "
+                "its OOM killer ended the process).\n")
+        return f"The previous kernel (pid {pid}) was killed or did not exit cleanly {cell}.\n"
+
+    def cell(self, count:int): self.mm[32:40] = count.to_bytes(8, "little", signed=True)  # REC's last field; ~0.2 µs
+
+    def close(self):
+        "Clean shutdown: the record goes, so the next kernel on this connection file says nothing."
+        if self.mm is None: return
+        faulthandler.disable()
+        self.unlink()
+        self.mm.close()
+        os.close(self.fd)
+        self.mm = None
+
+    def unlink(self):
+        try: os.unlink(self.path)
+        except OSError: pass
+
+def stop_class(msg):
+    "A MemoryError class whose instances say `msg` (an async exception is raised from a class, never an instance)."
+    return type("MemoryError", (MemoryError,), dict(__module__="builtins", __init__=lambda self, *a: MemoryError.__init__(self, msg)))
+
+class Guard:
+    """Ends cells with MemoryError near the cgroup's (or the user's) memory limit. v1: eventfd notifications on
+    memory.usage_in_bytes thresholds and on memory.pressure_level, so the watcher thread sleeps in a read until memory is high."""
+    def __init__(self, kernel, v, dirs, user_limit=0, stop_pct=None):
+        self.kernel,self.v = kernel,v
+        lims = [(parse_size(read(os.path.join(d, "memory.limit_in_bytes"), "0")), d) for d in dirs] if v == 1 else []
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.limit,self.dir = min(lims + [(ram, None)], key=lambda o: o[0])
+        if user_limit and user_limit < self.limit: self.limit,self.dir = user_limit,self.dir or (dirs[0] if v == 1 else None)
+        self.armed = self.dir is not None and (self.limit < ram or user_limit > 0)
+        # stop a margin below the limit: one C call (numpy filling an array) allocates before we can act, so the margin is
+        # 10 % of the limit but at least 256 MB, and at most half of it; IPYMINI_MEMORY_STOP (a percent) overrides
+        margin = min(max(self.limit // 10, 256 << 20), self.limit // 2)
+        self.stop_at = int(self.limit * stop_pct / 100) if stop_pct else self.limit - margin
+        self.before,self.stopped,self.closed = {},{},False
+        if self.armed: self.arm()
+
+    def arm(self):
+        "Thresholds at the stop point and halfway to the limit twice more (a kernel idle above the first is still caught), and pressure."
+        self.efd = os.eventfd(0, os.EFD_CLOEXEC)
+        ctl = os.path.join(self.dir, "cgroup.event_control")
+        self.usage_fd = os.open(os.path.join(self.dir, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
+        self.press_fd = os.open(os.path.join(self.dir, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC)
+        gap = self.limit - self.stop_at
+        for t in (self.stop_at, self.limit - gap // 2, self.limit - gap // 4):
+            with open(ctl, "w") as f: f.write(f"{self.efd} {self.usage_fd} {t}")
+        with open(ctl, "w") as f: f.write(f"{self.efd} {self.press_fd} medium")  # reclaim at the limit: page cache hid the growth
+        threading.Thread(target=self.watch, daemon=True, name="ipymini-memguard").start()
+
+    def used(self) -> int:
+        "What counts toward the OOM killer: usage less the inactive page cache the kernel drops first (docker's working set)."
+        u = int(read(os.path.join(self.dir, "memory.usage_in_bytes"), "0"))
+        m = re.search(r"^total_inactive_file (\d+)", read(os.path.join(self.dir, "memory.stat"), ""), re.M)
+        return u - (int(m.group(1)) if m else 0)
+
+    def watch(self):
+        while True:
+            try: os.eventfd_read(self.efd)
+            except OSError: return
+            if self.closed: return
+            try: self.check()
+            except Exception: log.exception("memory guard")
+
+    def check(self):
+        "Memory is past a threshold: stop every running cell that has not been stopped yet."
+        if (used := self.used()) < self.stop_at or self.kernel.subs is None: return
+        msg = f"the cell was stopped at {round(100 * used / self.limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(self.limit)})"
+        for sub in self.kernel.subs.all():
+            if sub.running and sub not in self.stopped: self.stop(sub, stop_class(msg))
+
+    def stop(self, sub, cls):
+        "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread."
+        t = sub.thread or threading.main_thread()
+        self.stopped[sub] = t.ident
+        if sub.sel.waiting: return sub.loop.call_soon_threadsafe(self.throw, sub, cls)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
+
+    def throw(self, sub, cls):
+        fut = getattr(sub.task, "_fut_waiter", None)  # as Subshell.throw: the future the cell awaits
+        try: fut.set_exception(cls())
+        except (AttributeError, RuntimeError, Exception): pass
+
+    def begin(self, sub, ns): self.before[sub] = set(ns)  # names before the cell: the ones a stopped cell adds are freed
+
+    def end(self, sub, ip):
+        "After each cell: if we stopped it, free what it bound and what IPython keeps of its error, then collect."
+        before = self.before.pop(sub, None)
+        if (ident := self.stopped.pop(sub, None)) is None: return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
+        self.free(ip, before or set(ip.user_ns))
+
+    def free(self, ip, before):
+        "Drop the names the stopped cell added (not ones it rebound), sys.last_*, IPython's traceback of it and its frames."
+        for n in [n for n in ip.user_ns if n not in before and not bookkeeping.fullmatch(n)]: del ip.user_ns[n]
+        for n in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, n): setattr(sys, n, None)
+        for tb in (ip.InteractiveTB, ip.SyntaxTB):
+            if hasattr(tb, "tb"): tb.tb = None
+        if (r := getattr(ip, "last_execution_result", None)) is not None:
+            e = r.error_in_exec
+            while e is not None:
+                e.__traceback__,e = None,e.__context__ or e.__cause__
+        gc.collect()
+        try: ctypes.CDLL(None).malloc_trim(0)  # glibc keeps freed heap pages (its mmap threshold grows to 32 MB after a free)
+        except (AttributeError, OSError): pass
+
+    def close(self):
+        self.closed = True
+        if self.armed: os.eventfd_write(self.efd, 1)
+
+class Watch:
+    "The kernel's one handle on both: `begin`/`end` around each cell, `report()` once, `close()` at clean shutdown."
+    def __init__(self, kernel, conn_file):
+        self.kernel,cg = kernel,cgroup()
+        self.record,self.guard,self.note = None,None,""
+        try:  # neither may stop the kernel from starting (a read-only runtime dir, a cgroup we may not write to)
+            if conn_file and env_flag("IPYMINI_DEATH_REPORT", True): self.record = Record(conn_file, cg)
+            self.note = self.record.report if self.record else ""
+        except Exception as e: log.warning("no death report: %r", e)
+        lim = os.environ.get("IPYMINI_MEMORY_LIMIT", "").strip().lower()
+        try:
+            pct = float(os.environ["IPYMINI_MEMORY_STOP"]) if os.environ.get("IPYMINI_MEMORY_STOP") else None
+            if lim not in ("0", "off"): self.guard = Guard(kernel, *cg, parse_size(lim or "0"), pct)
+        except Exception as e: log.warning("no memory guard: %r", e)
+        if self.guard is not None and not self.guard.armed: self.guard = None
+
+    def report(self) -> str:
+        "The death report, the first time it is asked for."
+        note,self.note = self.note,""
+        return note
+
+    def begin(self, sub, count):
+        if self.record is not None and sub.thread is None: self.record.cell(count)
+        if self.guard is not None: self.guard.begin(sub, self.kernel.bridge.ip.user_ns)
+
+    def end(self, sub, count):
+        if self.record is not None and sub.thread is None: self.record.cell(-count)
+        if self.guard is not None: self.guard.end(sub, self.kernel.bridge.ip)
+
+    def forget(self):
+        "Shutdown has begun: a clean one from here on, so no report (the file goes; the mmap stays valid until `close`)."
+        if self.record is not None: self.record.unlink()
+
+    def close(self):
+        if self.guard is not None: self.guard.close()
+        if self.record is not None: self.record.close()
