@@ -3,10 +3,10 @@ The kernel runs alone in it through a kernelspec whose argv wraps the real one (
 Limit 512 MB: the guard stops 256 MB below it (its default margin: 10 % but at least 256 MB, at most half), so a 200 MB numpy
 array that starts just under the stop point still ends below the limit; and a 2 GB C fill meets the OOM killer in ~2 s.
 ipykernel has neither a guard nor a report: there these tests xfail (strict), and each docstring says what ipymini does better."""
-import json, os, re, signal, time, pytest
+import json, os, queue, re, signal, time, pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
-from kutils import TIMEOUT, gone, run, text, types
+from kutils import TIMEOUT, gone, iopub_until_idle, run, shell_reply, text, types
 
 pytestmark = pytest.mark.slow
 LIMIT = 512 << 20
@@ -73,10 +73,29 @@ class Caged:
         self.km.shutdown_kernel(now=False)
 
 @pytest.fixture(scope="module")
-def caged(spec_dir, cg):
+def cage(spec_dir, cg):
     k = Caged(spec_dir, cg)
     yield k
     k.close()
+
+@pytest.fixture
+def caged(cage):
+    "The module's kernel, restarted first if an earlier test's cell killed it (ipykernel's OOM kill)."
+    if gone(cage.pid, 0.01):
+        cage.km.restart_kernel(now=True)
+        cage.kc.wait_for_ready(timeout=60)
+        cage.kc.__dict__.pop("early_replies", None)
+        cage.kc.__dict__.pop("iopub_stash", None)
+    return cage
+
+def guarded(caged, code, timeout=20):
+    "`run`, failing at once if the kernel dies meanwhile (the OOM killer) rather than when the timeout ends."
+    mid,end = caged.kc.execute(code),time.monotonic() + timeout
+    while True:
+        try: return shell_reply(caged.kc, mid, 0.5)["content"],iopub_until_idle(caged.kc, mid)
+        except queue.Empty:
+            if gone(caged.pid, 0.01): pytest.fail("the kernel died")
+            if time.monotonic() > end: raise
 
 def stopped(reply, outs):
     "The error reply and output say MemoryError, stopped at N % of the limit."
@@ -94,7 +113,7 @@ def test_list_cell_stopped(caged, better):
     kc = caged.kc
     assert run(kc, "keep = list(range(1000)); import gc")[0]["status"] == "ok"
     base = caged.usage()
-    stopped(*run(kc, "a = []\nwhile True: a.append(bytearray(20 << 20))", timeout=60))
+    stopped(*guarded(caged, "a = []\nwhile True: a.append(bytearray(20 << 20))"))
     r,outs = run(kc, "print(len(keep), 'a' in dir())")
     assert text(outs).split() == ["1000", "False"]
     assert caged.usage() < base + (64 << 20), (base, caged.usage())
@@ -104,8 +123,8 @@ def test_numpy_cell_stopped(caged, better):
     kc = caged.kc
     assert run(kc, "import numpy as np; before = 42")[0]["status"] == "ok"
     base = caged.usage()
-    stopped(*run(kc, "arrs = [np.ones(25_000_000) for i in range(100)]", timeout=60))
-    stopped(*run(kc, "xs = []\nfor i in range(100): xs.append(np.ones(25_000_000))", timeout=60))
+    stopped(*guarded(caged, "arrs = [np.ones(25_000_000) for i in range(100)]"))
+    stopped(*guarded(caged, "xs = []\nfor i in range(100): xs.append(np.ones(25_000_000))"))
     _,outs = run(kc, "print(before, 'xs' in dir(), 'arrs' in dir())")
     assert text(outs).split() == ["42", "False", "False"]
     assert caged.usage() < base + (64 << 20), (base, caged.usage())
