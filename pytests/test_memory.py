@@ -6,7 +6,7 @@ ipykernel has neither a guard nor a report: there these tests xfail (strict), an
 import json, os, queue, re, signal, time, pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
-from kutils import TIMEOUT, gone, iopub_until_idle, run, shell_reply, text, types
+from kutils import TIMEOUT, gone, iopub_until_idle, request, run, shell_reply, text, types
 
 pytestmark = pytest.mark.slow
 LIMIT = 512 << 20
@@ -88,9 +88,16 @@ def caged(cage):
         cage.kc.__dict__.pop("iopub_stash", None)
     return cage
 
-def guarded(caged, code, timeout=20):
+def execute(kc, code, sid=None):
+    "An execute_request to subshell `sid` (None: the parent); its msg_id."
+    msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=True, user_expressions={}, allow_stdin=False))
+    if sid: msg["header"]["subshell_id"] = sid
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+def guarded(caged, code, sid=None, timeout=20):
     "`run`, failing at once if the kernel dies meanwhile (the OOM killer) rather than when the timeout ends."
-    mid,end = caged.kc.execute(code),time.monotonic() + timeout
+    mid,end = execute(caged.kc, code, sid),time.monotonic() + timeout
     while True:
         try: return shell_reply(caged.kc, mid, 0.5)["content"],iopub_until_idle(caged.kc, mid)
         except queue.Empty:
@@ -127,6 +134,15 @@ def test_numpy_cell_stopped(caged, better):
     stopped(*guarded(caged, "xs = []\nfor i in range(100): xs.append(np.ones(25_000_000))"))
     _,outs = run(kc, "print(before, 'xs' in dir(), 'arrs' in dir())")
     assert text(outs).split() == ["42", "False", "False"]
+    assert caged.usage() < base + (64 << 20), (base, caged.usage())
+
+def test_subshell_cell_stopped(caged, better):
+    "A cell in a subshell (its own thread) is stopped the same way, and the parent's variables stay."
+    sid = request(caged.kc, "create_subshell_request", "control")["content"]["subshell_id"]
+    assert run(caged.kc, "parents = 'intact'")[0]["status"] == "ok"
+    base = caged.usage()
+    stopped(*guarded(caged, "c = []\nwhile True: c.append(bytearray(20 << 20))", sid))
+    assert text(run(caged.kc, "print(parents, 'c' in dir())")[1]).split() == ["intact", "False"]
     assert caged.usage() < base + (64 << 20), (base, caged.usage())
 
 def test_well_under_is_never_stopped(caged):
