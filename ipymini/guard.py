@@ -116,26 +116,30 @@ def stop_class(msg):
     "A MemoryError class whose instances say `msg` (an async exception is raised from a class, never an instance)."
     return type("MemoryError", (MemoryError,), dict(__module__="builtins", __init__=lambda self, *a: MemoryError.__init__(self, msg)))
 
+def margin(limit) -> int:
+    "Stop this far below `limit`: one C call (numpy filling an array) allocates before we can act: 10 %, at least 256 MB, at most half."
+    return min(max(limit // 10, 256 << 20), limit // 2)
+
 class Guard:
-    """Ends cells with MemoryError near the cgroup's (or the user's) memory limit. v1: eventfd notifications on
-    memory.usage_in_bytes thresholds and on memory.pressure_level, so the watcher thread sleeps in a read until memory is high."""
+    """Ends running cells with MemoryError near a memory limit. The cgroup's (v1): eventfd notifications on memory.usage_in_bytes
+    thresholds and memory.pressure_level, so a thread sleeps in a read until memory is high. The user's (`IPYMINI_MEMORY_LIMIT`,
+    on this process's RSS, which no kernel event reports): sampled every 10 ms while a cell runs, never while idle."""
     def __init__(self, kernel, v, dirs, user_limit=0, stop_pct=None):
-        self.kernel,self.v = kernel,v
+        self.kernel,self.pct,self.before,self.stopped,self.closed = kernel,stop_pct,{},{},False
         lims = [(parse_size(read(os.path.join(d, "memory.limit_in_bytes"), "0")), d) for d in dirs] if v == 1 else []
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         self.limit,self.dir = min(lims + [(ram, None)], key=lambda o: o[0])
-        if user_limit and user_limit < self.limit: self.limit,self.dir = user_limit,self.dir or (dirs[0] if v == 1 else None)
-        self.armed = self.dir is not None and (self.limit < ram or user_limit > 0)
-        # stop a margin below the limit: one C call (numpy filling an array) allocates before we can act, so the margin is
-        # 10 % of the limit but at least 256 MB, and at most half of it; IPYMINI_MEMORY_STOP (a percent) overrides
-        margin = min(max(self.limit // 10, 256 << 20), self.limit // 2)
-        self.stop_at = int(self.limit * stop_pct / 100) if stop_pct else self.limit - margin
-        self.before,self.stopped,self.closed = {},{},False
-        if self.armed: self.arm()
+        self.cg = self.dir is not None and self.limit < ram
+        self.user,self.busy = user_limit,None
+        if self.cg: self.arm()
+        if self.user: self.sample()
+        self.armed = self.cg or bool(self.user)
+
+    def stop_point(self, limit): return int(limit * self.pct / 100) if self.pct else limit - margin(limit)
 
     def arm(self):
         "Thresholds at the stop point and halfway to the limit twice more (a kernel idle above the first is still caught), and pressure."
-        self.efd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.stop_at,self.efd = self.stop_point(self.limit),os.eventfd(0, os.EFD_CLOEXEC)
         ctl = os.path.join(self.dir, "cgroup.event_control")
         self.usage_fd = os.open(os.path.join(self.dir, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.press_fd = os.open(os.path.join(self.dir, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC)
@@ -156,13 +160,30 @@ class Guard:
             try: os.eventfd_read(self.efd)
             except OSError: return
             if self.closed: return
-            try: self.check()
+            try: self.check(self.used(), self.stop_at, self.limit)
             except Exception: log.exception("memory guard")
 
-    def check(self):
+    def sample(self):
+        self.busy,self.page = threading.Event(),os.sysconf("SC_PAGE_SIZE")
+        self.user_stop = self.stop_point(self.user)
+        threading.Thread(target=self.sampler, daemon=True, name="ipymini-memsample").start()
+
+    def rss(self) -> int: return int(read("/proc/self/statm", "0 0").split()[1]) * self.page
+
+    def sampler(self):
+        "While a cell runs (`busy`), this process's RSS every 10 ms; blocked on `busy` otherwise."
+        tick = threading.Event()  # never set: a 10 ms wait that no patched `time.sleep` can change
+        while not self.closed:
+            self.busy.wait()
+            while self.busy.is_set() and not self.closed:
+                try: self.check(self.rss(), self.user_stop, self.user)
+                except Exception: log.exception("memory guard")
+                tick.wait(0.01)
+
+    def check(self, used, stop_at, limit):
         "Memory is past a threshold: stop every running cell that has not been stopped yet."
-        if (used := self.used()) < self.stop_at or self.kernel.subs is None: return
-        msg = f"the cell was stopped at {round(100 * used / self.limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(self.limit)})"
+        if used < stop_at or self.kernel.subs is None: return
+        msg = f"the cell was stopped at {round(100 * used / limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(limit)})"
         for sub in self.kernel.subs.all():
             if sub.running and sub not in self.stopped: self.stop(sub, stop_class(msg))
 
@@ -178,11 +199,14 @@ class Guard:
         try: fut.set_exception(cls())
         except (AttributeError, RuntimeError, Exception): pass
 
-    def begin(self, sub, ns): self.before[sub] = set(ns)  # names before the cell: the ones a stopped cell adds are freed
+    def begin(self, sub, ns):
+        self.before[sub] = set(ns)  # names before the cell: the ones a stopped cell adds are freed
+        if self.busy is not None: self.busy.set()
 
     def end(self, sub, ip):
         "After each cell: if we stopped it, free what it bound and what IPython keeps of its error, then collect."
         before = self.before.pop(sub, None)
+        if self.busy is not None and not self.before: self.busy.clear()
         if (ident := self.stopped.pop(sub, None)) is None: return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
         self.free(ip, before or set(ip.user_ns))
@@ -204,7 +228,8 @@ class Guard:
 
     def close(self):
         self.closed = True
-        if self.armed: os.eventfd_write(self.efd, 1)
+        if self.cg: os.eventfd_write(self.efd, 1)
+        if self.busy is not None: self.busy.set()
 
 class Watch:
     "The kernel's one handle on both: `begin`/`end` around each cell, `report()` once, `close()` at clean shutdown."

@@ -6,7 +6,7 @@ ipykernel has neither a guard nor a report: there these tests xfail (strict), an
 import json, os, queue, re, signal, time, pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
-from kutils import TIMEOUT, gone, iopub_until_idle, request, run, shell_reply, text, types
+from kutils import TIMEOUT, gone, iopub_until_idle, request, run, shell_reply, start_kernel, text, types
 
 pytestmark = pytest.mark.slow
 LIMIT = 512 << 20
@@ -208,3 +208,16 @@ def test_record_gone_after_shutdown(spec_dir, cg, better):
         assert k.km.session.key not in recs[0]
     finally: k.close()
     assert gone(pid) and records(pid) == []
+
+def rss(pid): return int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def test_user_limit_on_rss(kernel_name, better):
+    """IPYMINI_MEMORY_LIMIT (a kernelspec's `env` can set it) limits the kernel's own RSS, with no cgroup limit: the cell is
+    stopped (sampled while it runs) and the memory comes back. ipykernel has no such setting: its cell (bounded) runs on."""
+    with start_kernel(kernel_name, env=dict(os.environ, IPYMINI_MEMORY_LIMIT="400M")) as (km,kc):
+        assert run(kc, "keep = 1")[0]["status"] == "ok"
+        pid = km.provisioner.process.pid
+        base = rss(pid)
+        stopped(*run(kc, "a = []\nfor i in range(40): a.append(bytearray(20 << 20))"))
+        assert text(run(kc, "print(keep, 'a' in dir())")[1]).split() == ["1", "False"]
+        assert rss(pid) < base + (64 << 20), (base, rss(pid))
