@@ -43,6 +43,11 @@ def cgroup() -> tuple:
         if os.path.exists(os.path.join(dirs[0], "memory.limit_in_bytes" if v == 1 else "memory.current")): return v,dirs
     return 0,[]
 
+def cg_limit(v, d) -> int:
+    "Cgroup dir `d`'s memory limit in bytes (v1 memory.limit_in_bytes, v2 memory.max); huge when there is none."
+    n = (read(os.path.join(d, "memory.limit_in_bytes" if v == 1 else "memory.max"), "") or "max").strip()
+    return 1 << 62 if n == "max" else int(n)
+
 def oom_kills(v, dirs) -> int:
     "The OOM killer's count summed over our cgroup and its ancestors (each counts the kills its own limit caused)."
     name,key = ("memory.oom_control", "oom_kill") if v == 1 else ("memory.events", "oom_kill")
@@ -121,18 +126,20 @@ def margin(limit) -> int:
     return min(max(limit // 10, 256 << 20), limit // 2)
 
 class Guard:
-    """Ends running cells with MemoryError near a memory limit. The cgroup's (v1): eventfd notifications on memory.usage_in_bytes
-    thresholds and memory.pressure_level, so a thread sleeps in a read until memory is high. The user's (`IPYMINI_MEMORY_LIMIT`,
-    on this process's RSS, which no kernel event reports): sampled every 10 ms while a cell runs, never while idle."""
+    """Ends running cells with MemoryError near a memory limit. A v1 cgroup's: eventfd notifications on memory.usage_in_bytes
+    thresholds and memory.pressure_level, so a thread sleeps in a read until memory is high. A v2 cgroup's (memory.current) and
+    the user's (`IPYMINI_MEMORY_LIMIT`, on this process's RSS), which no event reports: sampled every 10 ms while a cell runs,
+    never while idle."""
     def __init__(self, kernel, v, dirs, user_limit=0, stop_pct=None):
-        self.kernel,self.pct,self.before,self.stopped,self.closed = kernel,stop_pct,{},{},False
-        lims = [(parse_size(read(os.path.join(d, "memory.limit_in_bytes"), "0")), d) for d in dirs] if v == 1 else []
+        self.kernel,self.v,self.pct,self.before,self.stopped,self.closed,self.busy = kernel,v,stop_pct,{},{},False,None
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        self.limit,self.dir = min(lims + [(ram, None)], key=lambda o: o[0])
-        self.cg = self.dir is not None and self.limit < ram
-        self.user,self.busy = user_limit,None
-        if self.cg: self.arm()
-        if self.user: self.sample()
+        self.limit,self.dir = min([(cg_limit(v, d), d) for d in dirs] + [(ram, None)], key=lambda o: o[0])
+        self.cg,self.user = self.dir is not None and self.limit < ram,user_limit
+        if self.cg and v == 1: self.arm()
+        # v2 has no usage thresholds (memory.high would throttle, PSI fires only once reclaim stalls): sample like the RSS
+        srcs = [(self.used, self.stop_point(self.limit), self.limit)] if self.cg and v == 2 else []
+        if self.user: srcs.append((self.rss, self.stop_point(self.user), self.user))
+        if srcs: self.sample(srcs)
         self.armed = self.cg or bool(self.user)
 
     def stop_point(self, limit): return int(limit * self.pct / 100) if self.pct else limit - margin(limit)
@@ -151,8 +158,9 @@ class Guard:
 
     def used(self) -> int:
         "What counts toward the OOM killer: usage less the inactive page cache the kernel drops first (docker's working set)."
-        u = int(read(os.path.join(self.dir, "memory.usage_in_bytes"), "0"))
-        m = re.search(r"^total_inactive_file (\d+)", read(os.path.join(self.dir, "memory.stat"), ""), re.M)
+        u = int(read(os.path.join(self.dir, "memory.usage_in_bytes" if self.v == 1 else "memory.current"), "0"))
+        key = "total_inactive_file" if self.v == 1 else "inactive_file"
+        m = re.search(rf"^{key} (\d+)", read(os.path.join(self.dir, "memory.stat"), ""), re.M)
         return u - (int(m.group(1)) if m else 0)
 
     def watch(self):
@@ -163,21 +171,22 @@ class Guard:
             try: self.check(self.used(), self.stop_at, self.limit)
             except Exception: log.exception("memory guard")
 
-    def sample(self):
-        self.busy,self.page = threading.Event(),os.sysconf("SC_PAGE_SIZE")
-        self.user_stop = self.stop_point(self.user)
+    def sample(self, srcs):
+        "`srcs`: `(used, stop_at, limit)` to check while a cell runs."
+        self.busy,self.page,self.srcs = threading.Event(),os.sysconf("SC_PAGE_SIZE"),srcs
         threading.Thread(target=self.sampler, daemon=True, name="ipymini-memsample").start()
 
     def rss(self) -> int: return int(read("/proc/self/statm", "0 0").split()[1]) * self.page
 
     def sampler(self):
-        "While a cell runs (`busy`), this process's RSS every 10 ms; blocked on `busy` otherwise."
+        "While a cell runs (`busy`), each source every 10 ms; blocked on `busy` otherwise."
         tick = threading.Event()  # never set: a 10 ms wait that no patched `time.sleep` can change
         while not self.closed:
             self.busy.wait()
             while self.busy.is_set() and not self.closed:
-                try: self.check(self.rss(), self.user_stop, self.user)
-                except Exception: log.exception("memory guard")
+                for used,stop_at,limit in self.srcs:
+                    try: self.check(used(), stop_at, limit)
+                    except Exception: log.exception("memory guard")
                 tick.wait(0.01)
 
     def check(self, used, stop_at, limit):

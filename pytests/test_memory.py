@@ -204,6 +204,7 @@ def test_record_gone_after_shutdown(spec_dir, cg, better):
     k = Caged(spec_dir, cg)
     pid = k.pid
     try:
+        assert run(k.kc, "1")[0]["status"] == "ok"  # the record is made with the shell, after the first kernel_info
         assert len(recs := records(pid)) == 1, "no record of this kernel"
         assert k.km.session.key not in recs[0]
     finally: k.close()
