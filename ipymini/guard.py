@@ -66,21 +66,30 @@ def alive(pid, started) -> bool:
     if (st := read(f"/proc/{pid}/stat", "")) and st[st.rindex(")") + 2] == "Z": return False
     return start_time(pid) == started
 
+def runtime_path(conn_file) -> str:
+    from jupyter_core.paths import jupyter_runtime_dir  # 17 ms of imports: only when the connection file's dir is read-only
+    d = jupyter_runtime_dir()
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"ipymini-{hashlib.sha256(os.path.realpath(conn_file).encode()).hexdigest()[:20]}.died")
+
 class Record:
     "The death record: an mmap'd file keyed on the connection file, written per cell, removed at clean shutdown."
     def __init__(self, conn_file, cg):
-        from jupyter_core.paths import jupyter_runtime_dir
-        key = hashlib.sha256(os.path.realpath(conn_file).encode()).hexdigest()[:20]
-        self.path,self.cg,self.mm,self.fd = os.path.join(jupyter_runtime_dir(), f"ipymini-{key}.died"),cg,None,None
-        self.report = self.last()  # before ours replaces it
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        try: os.unlink(self.path)
-        except FileNotFoundError: pass
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.cg,self.mm,self.fd = cg,None,None
+        d,name = os.path.split(os.path.realpath(conn_file))
+        # beside the connection file (jupyter_client keeps it in the runtime dir), else in the runtime dir keyed on its path
+        for self.path in (os.path.join(d, f".{name}.ipymini-died"), None):
+            if self.path is None: self.path = runtime_path(conn_file)
+            self.report = self.last()  # before ours replaces it
+            try:
+                self.fd = os.open(self.path + ".new", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                break
+            except OSError: continue
         os.ftruncate(self.fd, HEAD)
         self.mm = mmap.mmap(self.fd, HEAD)
         pid = os.getpid()
         REC.pack_into(self.mm, 0, MAGIC, pid, start_time(pid), oom_kills(*cg), 0)
+        os.replace(self.path + ".new", self.path)
         os.lseek(self.fd, HEAD, os.SEEK_SET)
         faulthandler.enable(self.fd, all_threads=False)  # the faulting thread's stack, written by C in the signal handler
         os.register_at_fork(after_in_child=faulthandler.disable)  # a forked child's crash is not the kernel's

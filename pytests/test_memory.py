@@ -197,10 +197,9 @@ def test_clean_restart_says_nothing(caged):
 
 def test_record_gone_after_shutdown(spec_dir, cg, better):
     "The record (pid, counts, no secret) lives in the runtime dir while the kernel runs and is gone after a clean shutdown."
-    from jupyter_core.paths import jupyter_runtime_dir
     def records(pid):
-        d = jupyter_runtime_dir()
-        return [data for f in os.listdir(d) if f.endswith(".died") and int.from_bytes((data := open(os.path.join(d, f), "rb").read())[8:16], "little") == pid]
+        d = os.path.dirname(k.km.connection_file)
+        return [data for f in os.listdir(d) if f.endswith("ipymini-died") and int.from_bytes((data := open(os.path.join(d, f), "rb").read())[8:16], "little") == pid]
     k = Caged(spec_dir, cg)
     pid = k.pid
     try:
