@@ -238,8 +238,7 @@ class Guard:
             if hasattr(tb, "tb"): tb.tb = None
         if (r := getattr(ip, "last_execution_result", None)) is not None:
             e = r.error_in_exec
-            while e is not None:
-                e.__traceback__,e = None,e.__context__ or e.__cause__
+            while e is not None: e.__traceback__,e = None,e.__context__ or e.__cause__
         gc.collect()
         try: ctypes.CDLL(None).malloc_trim(0)  # glibc keeps freed heap pages (its mmap threshold grows to 32 MB after a free)
         except (AttributeError, OSError): pass
