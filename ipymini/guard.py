@@ -137,8 +137,8 @@ def margin(limit) -> int:
 class Guard:
     """Ends running cells with MemoryError near a memory limit. A v1 cgroup's: eventfd notifications on memory.usage_in_bytes
     thresholds and memory.pressure_level, so a thread sleeps in a read until memory is high. A v2 cgroup's (memory.current) and
-    the user's (`IPYMINI_MEMORY_LIMIT`, on this process's RSS), which no event reports: sampled every 10 ms while a cell runs,
-    never while idle."""
+    the user's (`IPYMINI_MEMORY_LIMIT`, on this process's RSS), which no event reports: sampled every 10 ms while cells run
+    (and a second after), never while idle."""
     def __init__(self, kernel, v, dirs, user_limit=0, stop_pct=None):
         self.kernel,self.v,self.pct,self.before,self.stopped,self.closed,self.busy = kernel,v,stop_pct,{},{},False,None
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -188,15 +188,20 @@ class Guard:
     def rss(self) -> int: return int(read("/proc/self/statm", "0 0").split()[1]) * self.page
 
     def sampler(self):
-        "While a cell runs (`busy`), each source every 10 ms; blocked on `busy` otherwise."
+        """Each source every 10 ms while cells run, and for a second after the last one (a burst of short cells wakes this thread
+        once, not once a cell); then blocked on `woke` until the next cell begins."""
         tick = threading.Event()  # never set: a 10 ms wait that no patched `time.sleep` can change
         while not self.closed:
             self.busy.wait()
-            while self.busy.is_set() and not self.closed:
-                for used,stop_at,limit in self.srcs:
+            quiet = 0
+            while quiet < 100 and not self.closed:
+                tick.wait(0.01)
+                quiet = 0 if self.before else quiet + 1
+                for used,stop_at,limit in self.srcs if self.before else ():
                     try: self.check(used(), stop_at, limit)
                     except Exception: log.exception("memory guard")
-                tick.wait(0.01)
+            self.busy.clear()
+            if self.before: self.busy.set()  # a cell began while we were clearing
 
     def check(self, used, stop_at, limit):
         "Memory is past a threshold: stop every running cell that has not been stopped yet."
@@ -219,12 +224,11 @@ class Guard:
 
     def begin(self, sub, ns):
         self.before[sub] = set(ns)  # names before the cell: the ones a stopped cell adds are freed
-        if self.busy is not None: self.busy.set()
+        if self.busy is not None and not self.busy.is_set(): self.busy.set()
 
     def end(self, sub, ip):
         "After each cell: if we stopped it, free what it bound and what IPython keeps of its error, then collect."
         before = self.before.pop(sub, None)
-        if self.busy is not None and not self.before: self.busy.clear()
         if (ident := self.stopped.pop(sub, None)) is None: return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
         self.free(ip, before or set(ip.user_ns))
