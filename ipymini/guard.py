@@ -72,6 +72,15 @@ def runtime_path(conn_file) -> str:
     os.makedirs(d, exist_ok=True)
     return os.path.join(d, f"ipymini-{hashlib.sha256(os.path.realpath(conn_file).encode()).hexdigest()[:20]}.died")
 
+def sweep(d):
+    "Remove records whose connection file is gone: a killed kernel that was never restarted (jupyter_client deletes only its json)."
+    try: names = os.listdir(d)
+    except OSError: return
+    for n in names:
+        if n.endswith(".ipymini-died") and n[0] == "." and not os.path.exists(os.path.join(d, n[1:-13])):
+            try: os.unlink(os.path.join(d, n))
+            except OSError: pass
+
 class Record:
     "The death record: an mmap'd file keyed on the connection file, written per cell, removed at clean shutdown."
     def __init__(self, conn_file, cg):
@@ -91,6 +100,7 @@ class Record:
         REC.pack_into(self.mm, 0, MAGIC, pid, start_time(pid), oom_kills(*cg), 0)
         os.replace(self.path + ".new", self.path)
         os.lseek(self.fd, HEAD, os.SEEK_SET)
+        sweep(d)
         faulthandler.enable(self.fd, all_threads=False)  # the faulting thread's stack, written by C in the signal handler
         os.register_at_fork(after_in_child=faulthandler.disable)  # a forked child's crash is not the kernel's
 
@@ -208,7 +218,7 @@ class Guard:
         if used < stop_at or self.kernel.subs is None: return
         msg = f"the cell was stopped at {round(100 * used / limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(limit)})"
         for sub in self.kernel.subs.all():
-            if sub.running and sub not in self.stopped: self.stop(sub, stop_class(msg))
+            if sub.running and sub in self.before and sub not in self.stopped: self.stop(sub, stop_class(msg))  # cells, not comm handlers
 
     def stop(self, sub, cls):
         "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread."
@@ -231,7 +241,8 @@ class Guard:
         before = self.before.pop(sub, None)
         if (ident := self.stopped.pop(sub, None)) is None: return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
-        self.free(ip, before or set(ip.user_ns))
+        try: self.free(ip, before or set(ip.user_ns))
+        except Exception: log.exception("memory guard: freeing after a stop")
 
     def free(self, ip, before):
         "Drop the names the stopped cell added (not ones it rebound), sys.last_*, IPython's traceback of it and its frames."
@@ -255,8 +266,9 @@ class Guard:
 class Watch:
     "The kernel's one handle on both: `begin`/`end` around each cell, `report()` once, `close()` at clean shutdown."
     def __init__(self, kernel, conn_file):
-        self.kernel,cg = kernel,cgroup()
-        self.record,self.guard,self.note = None,None,""
+        self.kernel,self.record,self.guard,self.note = kernel,None,None,""
+        try: cg = cgroup()
+        except Exception: cg = 0,[]  # an odd /proc/self/mountinfo: no cgroup, the rest still works
         try:  # neither may stop the kernel from starting (a read-only runtime dir, a cgroup we may not write to)
             if conn_file and env_flag("IPYMINI_DEATH_REPORT", True): self.record = Record(conn_file, cg)
             self.note = self.record.report if self.record else ""

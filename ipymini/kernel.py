@@ -265,7 +265,7 @@ class Kernel(KernelAPI):
         c,sub = req.c,req.sub
         silent = c.get("silent", False)
         if not silent: self.ch.pub("execute_input", dict(code=c["code"], execution_count=self.bridge.count), parent=req.msg)
-        if self.watch.note and not silent: self.ch.pub("stream", dict(name="stderr", text=self.watch.report()), parent=req.msg)  # why the last kernel died
+        if self.watch.note and not silent: self.ch.pub("stream", dict(name="stderr", text=self.watch.report()), parent=req.msg)  # why it died
         started,count = now(),self.bridge.count
         self.watch.begin(sub, count)
         sub.running = True
@@ -273,8 +273,8 @@ class Kernel(KernelAPI):
             user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
         except KeyboardInterrupt as e: res,ki = None,e  # it landed in IPython's bookkeeping, not in the cell
         finally:
-            self.user_done(sub)
-            self.watch.end(sub, count)
+            try: self.user_done(sub)
+            finally: self.watch.end(sub, count)
         with headroom():  # the reply goes out whatever recursion limit the cell left behind
             if res is None:
                 res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=plain_tb(ki)))

@@ -195,8 +195,11 @@ def test_clean_restart_says_nothing(caged):
     err,_ = report(caged.kc, "import sys; print('mine', file=sys.stderr)")
     assert err == "mine\n"
 
-def test_record_gone_after_shutdown(spec_dir, cg, better):
-    "The record (pid, counts, no secret) lives in the runtime dir while the kernel runs and is gone after a clean shutdown."
+def test_record_gone_after_shutdown(spec_dir, cg, cage, better):
+    """The record (pid, counts, no secret) lives beside the connection file while the kernel runs and is gone after a clean
+    shutdown; a start removes records whose connection file is gone (killed kernels never restarted)."""
+    stale = os.path.join(os.path.dirname(cage.km.connection_file), ".kernel-no-such-file.json.ipymini-died")  # where ours go too
+    open(stale, "wb").close()
     def records(pid):
         d = os.path.dirname(k.km.connection_file)
         return [data for f in os.listdir(d) if f.endswith("ipymini-died") and int.from_bytes((data := open(os.path.join(d, f), "rb").read())[8:16], "little") == pid]
@@ -206,7 +209,10 @@ def test_record_gone_after_shutdown(spec_dir, cg, better):
         assert run(k.kc, "1")[0]["status"] == "ok"  # the record is made with the shell, after the first kernel_info
         assert len(recs := records(pid)) == 1, "no record of this kernel"
         assert k.km.session.key not in recs[0]
-    finally: k.close()
+        assert not os.path.exists(stale)
+    finally:
+        k.close()
+        if os.path.exists(stale): os.unlink(stale)  # ipykernel leaves it
     assert gone(pid) and records(pid) == []
 
 def rss(pid): return int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
