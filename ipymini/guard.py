@@ -217,13 +217,14 @@ class Guard:
         "Memory is past a threshold: stop every running cell that has not been stopped yet."
         if used < stop_at or self.kernel.subs is None: return
         msg = f"the cell was stopped at {round(100 * used / limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(limit)})"
-        for sub in self.kernel.subs.all():
-            if sub.running and sub in self.before and sub not in self.stopped: self.stop(sub, stop_class(msg))  # cells, not comm handlers
+        for sub in self.kernel.subs.all():  # cells, not comm handlers; a cell that caught the first stop is stopped again further up
+            if not sub.running or sub not in self.before or used < self.stopped.get(sub, (0, 0))[1]: continue
+            self.stop(sub, stop_class(msg), used + (limit - stop_at) // 4)
 
-    def stop(self, sub, cls):
-        "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread."
+    def stop(self, sub, cls, again):
+        "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread; again past `again` bytes."
         t = sub.thread or threading.main_thread()
-        self.stopped[sub] = t.ident
+        self.stopped[sub] = t.ident,again
         if sub.sel.waiting: return sub.loop.call_soon_threadsafe(self.throw, sub, cls)
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
 
@@ -239,7 +240,7 @@ class Guard:
     def end(self, sub, ip):
         "After each cell: if we stopped it, free what it bound and what IPython keeps of its error, then collect."
         before = self.before.pop(sub, None)
-        if (ident := self.stopped.pop(sub, None)) is None: return
+        if (ident := self.stopped.pop(sub, (None,))[0]) is None: return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
         try: self.free(ip, before or set(ip.user_ns))
         except Exception: log.exception("memory guard: freeing after a stop")

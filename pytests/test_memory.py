@@ -145,6 +145,12 @@ def test_subshell_cell_stopped(caged, better):
     assert text(run(caged.kc, "print(parents, 'c' in dir())")[1]).split() == ["intact", "False"]
     assert caged.usage() < base + (64 << 20), (base, caged.usage())
 
+def test_caught_stop_is_stopped_again(caged, better):
+    "A cell that catches the MemoryError and allocates on is stopped again, further up, still before the OOM killer."
+    code = "b = []\ntry:\n  while True: b.append(bytearray(20 << 20))\nexcept MemoryError: pass\nwhile True: b.append(bytearray(20 << 20))"
+    stopped(*guarded(caged, code))
+    assert text(run(caged.kc, "print('b' in dir())")[1]) == "False\n"
+
 def test_well_under_is_never_stopped(caged):
     "A cell that allocates well under the limit runs to the end, also after a stop (the guard is armed again)."
     r,outs = run(caged.kc, "b = bytearray(64 << 20); print(len(b)); del b")
