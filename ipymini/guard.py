@@ -137,8 +137,11 @@ class Record:
         except OSError: pass
 
 def stop_class(msg):
-    "A MemoryError class whose instances say `msg` (an async exception is raised from a class, never an instance)."
-    return type("MemoryError", (MemoryError,), dict(__module__="builtins", __init__=lambda self, *a: MemoryError.__init__(self, msg)))
+    "A MemoryError class whose instances say `msg` (an async exception is raised from a class, never an instance); `raised` once made."
+    def init(self, *a):
+        type(self).raised = True
+        MemoryError.__init__(self, msg)
+    return type("MemoryError", (MemoryError,), dict(__module__="builtins", __init__=init, raised=False))
 
 def margin(limit) -> int:
     "Stop this far below `limit`: one C call (numpy filling an array) allocates before we can act: 10 %, at least 256 MB, at most half."
@@ -218,13 +221,14 @@ class Guard:
         if used < stop_at or self.kernel.subs is None: return
         msg = f"the cell was stopped at {round(100 * used / limit)} % of the kernel's memory limit ({fmt(used)} of {fmt(limit)})"
         for sub in self.kernel.subs.all():  # cells, not comm handlers; a cell that caught the first stop is stopped again further up
-            if not sub.running or sub not in self.before or used < self.stopped.get(sub, (0, 0))[1]: continue
+            _,again,cls = self.stopped.get(sub, (0, 0, None))
+            if not sub.running or sub not in self.before or used < again or (cls and not cls.raised): continue  # or still on its way
             self.stop(sub, stop_class(msg), used + (limit - stop_at) // 4)
 
     def stop(self, sub, cls, again):
         "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread; again past `again` bytes."
         t = sub.thread or threading.main_thread()
-        self.stopped[sub] = t.ident,again
+        self.stopped[sub] = t.ident,again,cls
         if sub.sel.waiting: return sub.loop.call_soon_threadsafe(self.throw, sub, cls)
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
 
