@@ -151,6 +151,15 @@ def test_caught_stop_is_stopped_again(caged, better):
     stopped(*guarded(caged, code))
     assert text(run(caged.kc, "print('b' in dir())")[1]) == "False\n"
 
+def test_awaiting_cell_stopped(caged, better):
+    "A cell waiting at an `await` while a thread it started allocates gets the MemoryError at its `await`, at once."
+    code = ("import asyncio, threading\nbuf = []\nth = threading.Thread(target=lambda: [buf.append(bytearray(20 << 20)) for _ in range(15)])\n"
+        "th.start()\nawait asyncio.sleep(20)")
+    t = time.monotonic()
+    stopped(*guarded(caged, code))
+    assert time.monotonic() - t < 10
+    assert run(caged.kc, "th.join()")[0]["status"] == "error"  # `th` was bound by the stopped cell: freed
+
 def test_well_under_is_never_stopped(caged):
     "A cell that allocates well under the limit runs to the end, also after a stop (the guard is armed again)."
     r,outs = run(caged.kc, "b = bytearray(64 << 20); print(len(b)); del b")
