@@ -1,7 +1,7 @@
 """The memory guard and the death report (issue 19, items 3-4), in a real cgroup v1 memory cgroup made for this module.
 The kernel runs alone in it through a kernelspec whose argv wraps the real one (`sh` joins the cgroup, then execs the kernel).
 Limit 512 MB: the guard stops 256 MB below it (its default margin: 10 % but at least 256 MB, at most half), so a 200 MB numpy
-array that starts just under the stop point still ends below the limit; and a 2 GB C fill meets the OOM killer in ~2 s.
+array that starts just under the stop point still ends below the limit; and a 2 GB C fill meets the OOM killer within about a second.
 ipykernel has neither a guard nor a report: there these tests xfail (strict), and each docstring says what ipymini does better."""
 import json, os, queue, re, signal, time, pytest
 from jupyter_client import KernelManager
@@ -52,7 +52,7 @@ def better(request, kernel_name):
     if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason="ipykernel: no memory guard or death report", strict=True))
 
 class Caged:
-    "A kernel in the cgroup, with a client; `restart()` keeps the connection file, as jupyter_client's restarter does."
+    "A kernel in the cgroup, with a client; `died()` restarts it on the same connection file, as jupyter_client's restarter does."
     def __init__(self, spec_dir, cg):
         self.cg = cg
         self.km = KernelManager(kernel_name="memtest", kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir]))
