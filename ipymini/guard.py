@@ -277,6 +277,7 @@ class Watch:
         try:  # neither may stop the kernel from starting (a read-only runtime dir, a cgroup we may not write to)
             if conn_file and env_flag("IPYMINI_DEATH_REPORT", True): self.record = Record(conn_file, cg)
             self.note = self.record.report if self.record else ""
+            if self.note: log.warning("%s", self.note.splitlines()[0])  # the server's log says it too
         except Exception as e: log.warning("no death report: %r", e)
         lim = os.environ.get("IPYMINI_MEMORY_LIMIT", "").strip().lower()
         try:
