@@ -157,9 +157,12 @@ class Guard:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         self.limit,self.dir = min([(cg_limit(v, d), d) for d in dirs] + [(ram, None)], key=lambda o: o[0])
         self.cg,self.user = self.dir is not None and self.limit < ram,user_limit
-        if self.cg and v == 1: self.arm()
+        evented = False
+        if self.cg and v == 1:
+            try: evented = self.arm()
+            except OSError as e: log.warning("memory guard: no cgroup events (%r), sampling instead", e)  # a read-only cgroupfs (docker)
         # v2 has no usage thresholds (memory.high would throttle, PSI fires only once reclaim stalls): sample like the RSS
-        srcs = [(self.used, self.stop_point(self.limit), self.limit)] if self.cg and v == 2 else []
+        srcs = [(self.used, self.stop_point(self.limit), self.limit)] if self.cg and not evented else []
         if self.user: srcs.append((self.rss, self.stop_point(self.user), self.user))
         if srcs: self.sample(srcs)
         self.armed = self.cg or bool(self.user)
@@ -168,8 +171,9 @@ class Guard:
 
     def arm(self):
         "Thresholds at the stop point and halfway to the limit twice more (a kernel idle above the first is still caught), and pressure."
-        self.stop_at,self.efd = self.stop_point(self.limit),os.eventfd(0, os.EFD_CLOEXEC)
         ctl = os.path.join(self.dir, "cgroup.event_control")
+        if not os.access(ctl, os.W_OK): raise PermissionError(f"{ctl} is not writable")
+        self.stop_at,self.efd = self.stop_point(self.limit),os.eventfd(0, os.EFD_CLOEXEC)
         self.usage_fd = os.open(os.path.join(self.dir, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.press_fd = os.open(os.path.join(self.dir, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC)
         gap = self.limit - self.stop_at
@@ -177,6 +181,7 @@ class Guard:
             with open(ctl, "w") as f: f.write(f"{self.efd} {self.usage_fd} {t}")
         with open(ctl, "w") as f: f.write(f"{self.efd} {self.press_fd} medium")  # reclaim at the limit: page cache hid the growth
         threading.Thread(target=self.watch, daemon=True, name="ipymini-memguard").start()
+        return True
 
     def used(self) -> int:
         "What counts toward the OOM killer: usage less the inactive page cache the kernel drops first (docker's working set)."
@@ -202,7 +207,7 @@ class Guard:
 
     def sampler(self):
         """Each source every 10 ms while cells run, and for a second after the last one (a burst of short cells wakes this thread
-        once, not once a cell); then blocked on `woke` until the next cell begins."""
+        once, not once a cell); then blocked on `busy` until the next cell begins."""
         tick = threading.Event()  # never set: a 10 ms wait that no patched `time.sleep` can change
         while not self.closed:
             self.busy.wait()
@@ -235,7 +240,7 @@ class Guard:
     def throw(self, sub, cls):
         fut = getattr(sub.task, "_fut_waiter", None)  # as Subshell.throw: the future the cell awaits
         try: fut.set_exception(cls())
-        except (AttributeError, RuntimeError, Exception): pass
+        except Exception: cls.raised = False  # not awaiting after all: the cell ran on, nothing of it is freed
 
     def begin(self, sub, ns):
         self.before[sub] = set(ns)  # names before the cell: the ones a stopped cell adds are freed
@@ -244,8 +249,10 @@ class Guard:
     def end(self, sub, ip):
         "After each cell: if we stopped it, free what it bound and what IPython keeps of its error, then collect."
         before = self.before.pop(sub, None)
-        if (ident := self.stopped.pop(sub, (None,))[0]) is None: return
+        ident,_,cls = self.stopped.pop(sub, (None, 0, None))
+        if ident is None: return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # not delivered (the cell was in a wait): cancel it
+        if not cls.raised: return  # the cell never saw it: its names are the user's
         try: self.free(ip, before or set(ip.user_ns))
         except Exception: log.exception("memory guard: freeing after a stop")
 
@@ -265,7 +272,7 @@ class Guard:
 
     def close(self):
         self.closed = True
-        if self.cg: os.eventfd_write(self.efd, 1)
+        if getattr(self, "efd", None) is not None: os.eventfd_write(self.efd, 1)
         if self.busy is not None: self.busy.set()
 
 class Watch:
