@@ -196,8 +196,8 @@ def test_sigkill_reported(caged, better):
     "An outside SIGKILL (not the OOM killer): killed or did not exit cleanly, with the count of the cell that was running."
     kc = caged.kc
     count = run(kc, "import time")[0]["execution_count"] + 1
-    mid = kc.execute("time.sleep(100)")
-    while kc.get_iopub_msg(timeout=TIMEOUT)["msg_type"] != "execute_input": pass
+    kc.execute("print('running', flush=True); time.sleep(100)")
+    while kc.get_iopub_msg(timeout=TIMEOUT)["msg_type"] != "stream": pass  # the cell has begun (execute_input comes before that)
     os.kill(caged.pid, signal.SIGKILL)
     caged.died()
     err,_ = report(kc)
