@@ -48,12 +48,12 @@ def logs(debug=False):
     if debug: os.environ["IPYMINI_DEBUG"] = "1"
     return log_stream
 
-def serve(conn:dict, log_stream, source="the connection info"):
-    "Run the kernel on `conn` (a connection file's dict) until it shuts down, then leave the process."
+def serve(conn:dict, log_stream, source="the connection info", conn_file=None):
+    "Run the kernel on `conn` (a connection file's dict, read from `conn_file` if any) until it shuts down, then leave the process."
     from .kernel import Kernel
     try: k = Kernel(conn)
     except ValueError as e: sys.exit(f"ipymini: cannot start with {source}: {e}")
-    k.log_stream = log_stream
+    k.log_stream,k.conn_file = log_stream,conn_file  # the death report's record is keyed on the file (None: no file, no record)
     k.start()
     log_stream.flush()
     os._exit(0)  # everything is flushed and closed; skip waiting on library threads at interpreter exit
@@ -61,7 +61,7 @@ def serve(conn:dict, log_stream, source="the connection info"):
 def run(conn_file, debug=False):
     log_stream = logs(debug)
     with open(conn_file) as f: conn = json.load(f)
-    serve(conn, log_stream, conn_file)
+    serve(conn, log_stream, conn_file, os.path.abspath(conn_file))
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
