@@ -147,6 +147,12 @@ def margin(limit) -> int:
     "Stop this far below `limit`: one C call (numpy filling an array) allocates before we can act: 10 %, at least 256 MB, at most half."
     return min(max(limit // 10, 256 << 20), limit // 2)
 
+def showing_error(ident) -> bool:
+    "Thread `ident` is in IPython's showtraceback: a stop raised there would break the traceback of the last one, not stop a cell."
+    f = sys._current_frames().get(ident)
+    while f is not None and f.f_code.co_name not in ("showtraceback", "showsyntaxerror"): f = f.f_back
+    return f is not None
+
 class Guard:
     """Ends running cells with MemoryError near a memory limit. A v1 cgroup's: eventfd notifications on memory.usage_in_bytes
     thresholds and memory.pressure_level, so a thread sleeps in a read until memory is high. A v2 cgroup's (memory.current) and
@@ -177,11 +183,14 @@ class Guard:
         self.usage_fd = os.open(os.path.join(self.dir, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.press_fd = os.open(os.path.join(self.dir, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC)
         gap = self.limit - self.stop_at
-        for t in (self.stop_at, self.limit - gap // 2, self.limit - gap // 4):
-            with open(ctl, "w") as f: f.write(f"{self.efd} {self.usage_fd} {t}")
+        for t in (self.stop_at, self.limit - gap // 2, self.limit - gap // 4): self.threshold(t)
         with open(ctl, "w") as f: f.write(f"{self.efd} {self.press_fd} medium")  # reclaim at the limit: page cache hid the growth
         threading.Thread(target=self.watch, daemon=True, name="ipymini-memguard").start()
         return True
+
+    def threshold(self, n):
+        "Wake `watch` when usage crosses `n` bytes (a v1 threshold lasts as long as the eventfd)."
+        with open(os.path.join(self.dir, "cgroup.event_control"), "w") as f: f.write(f"{self.efd} {self.usage_fd} {n}")
 
     def used(self) -> int:
         "What counts toward the OOM killer: usage less the inactive page cache the kernel drops first (docker's working set)."
@@ -228,12 +237,14 @@ class Guard:
         for sub in self.kernel.subs.all():  # cells, not comm handlers; a cell that caught the first stop is stopped again further up
             _,again,cls = self.stopped.get(sub, (0, 0, None))
             if not sub.running or sub not in self.before or used < again or (cls and not cls.raised): continue  # or still on its way
+            if cls and showing_error(self.stopped[sub][0]): continue  # IPython is formatting the stop: the cell did not catch it
             self.stop(sub, stop_class(msg), used + (limit - stop_at) // 4)
 
     def stop(self, sub, cls, again):
         "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread; again past `again` bytes."
         t = sub.thread or threading.main_thread()
         self.stopped[sub] = t.ident,again,cls
+        if getattr(self, "efd", None) is not None and again < self.limit: self.threshold(again)  # so "again" wakes us, late or not
         if sub.sel.waiting: return sub.loop.call_soon_threadsafe(self.throw, sub, cls)
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
 
