@@ -147,6 +147,16 @@ def margin(limit) -> int:
     "Stop this far below `limit`: one C call (numpy filling an array) allocates before we can act: 10 %, at least 256 MB, at most half."
     return min(max(limit // 10, 256 << 20), limit // 2)
 
+libc = ctypes.PyDLL(None)  # PyDLL: calls keep the GIL
+libc.pread.argtypes,libc.pread.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long],ctypes.c_ssize_t
+
+def pread_held(fd, size=16384) -> str:
+    """A cgroup file's text, read without letting go of the GIL: a cell filling memory in one C call that holds it would
+    otherwise take it back at our read and start its next fill before we could stop it."""
+    buf = ctypes.create_string_buffer(size)
+    n = libc.pread(fd, buf, size, 0)
+    return buf.raw[:max(n, 0)].decode("ascii", "replace")
+
 def showing_error(ident) -> bool:
     "Thread `ident` is in IPython's showtraceback: a stop raised there would break the traceback of the last one, not stop a cell."
     f = sys._current_frames().get(ident)
@@ -182,6 +192,7 @@ class Guard:
         self.stop_at,self.efd = self.stop_point(self.limit),os.eventfd(0, os.EFD_CLOEXEC)
         self.usage_fd = os.open(os.path.join(self.dir, "memory.usage_in_bytes"), os.O_RDONLY | os.O_CLOEXEC)
         self.press_fd = os.open(os.path.join(self.dir, "memory.pressure_level"), os.O_RDONLY | os.O_CLOEXEC)
+        self.stat_fd = os.open(os.path.join(self.dir, "memory.stat"), os.O_RDONLY | os.O_CLOEXEC)
         gap = self.limit - self.stop_at
         for t in (self.stop_at, self.limit - gap // 2, self.limit - gap // 4): self.threshold(t)
         with open(ctl, "w") as f: f.write(f"{self.efd} {self.press_fd} medium")  # reclaim at the limit: page cache hid the growth
@@ -194,9 +205,11 @@ class Guard:
 
     def used(self) -> int:
         "What counts toward the OOM killer: usage less the inactive page cache the kernel drops first (docker's working set)."
-        u = int(read(os.path.join(self.dir, "memory.usage_in_bytes" if self.v == 1 else "memory.current"), "0"))
-        key = "total_inactive_file" if self.v == 1 else "inactive_file"
-        m = re.search(rf"^{key} (\d+)", read(os.path.join(self.dir, "memory.stat"), ""), re.M)
+        if getattr(self, "stat_fd", None) is not None: u,stat = int(pread_held(self.usage_fd) or 0),pread_held(self.stat_fd)
+        else:
+            u = int(read(os.path.join(self.dir, "memory.usage_in_bytes" if self.v == 1 else "memory.current"), "0"))
+            stat = read(os.path.join(self.dir, "memory.stat"), "")
+        m = re.search(rf"^{'total_inactive_file' if self.v == 1 else 'inactive_file'} (\d+)", stat, re.M)
         return u - (int(m.group(1)) if m else 0)
 
     def watch(self):
