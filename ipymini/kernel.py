@@ -264,13 +264,14 @@ class Kernel(KernelAPI):
         from .bridge import Result
         c,sub = req.c,req.sub
         silent = c.get("silent", False)
-        if not silent: self.ch.pub("execute_input", dict(code=c["code"], execution_count=self.bridge.count), parent=req.msg)
-        if self.watch.note and not silent: self.ch.pub("stream", dict(name="stderr", text=self.watch.report()), parent=req.msg)  # why it died
         started,count = now(),self.bridge.count
-        self.watch.begin(sub, count)
-        sub.running = True
-        try: res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
-            user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
+        sub.running = True  # before execute_input: an interrupt sent as soon as a client sees it must find the cell running
+        try:
+            if not silent: self.ch.pub("execute_input", dict(code=c["code"], execution_count=count), parent=req.msg)
+            if self.watch.note and not silent: self.ch.pub("stream", dict(name="stderr", text=self.watch.report()), parent=req.msg)  # why it died
+            self.watch.begin(sub, count)
+            res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
+                user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
         except KeyboardInterrupt as e: res,ki = None,e  # it landed in IPython's bookkeeping, not in the cell
         finally:
             try: self.user_done(sub)
