@@ -1,21 +1,70 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import codecs, io, os, re, sys, threading
+import asyncio, codecs, io, os, re, sys, threading
+from contextlib import contextmanager
 from contextvars import ContextVar
 from os import read, write
 from select import select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
-PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
+PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code runs here, or that started it (tasks inherit it)
+PINNED = ContextVar("ipymini_pinned", default=None)   # set_parent/set_thread_parent: output here goes there, whatever runs
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
-main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
+main_parent = [None]  # the parent subshell's latest request: where fd-level output goes
+running = {}  # id(msg) -> (msg, thread ident, task) of each request being served now, from its `enter` to just before its idle
+cells = {}    # subshell id -> its execute_request running now, or the last one run
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
 in_child = [False]  # set after fork: a child process has no IOPub thread, so its streams write to fds 1 and 2
 
 def utf8_safe(text) -> str: return text if text.isascii() else surrogates.sub("\ufffd", text)
 
+def origin():
+    "`(request, subshell id)` the code here was started under: this context's (an executor, a task), else its thread's."
+    if (p := PARENT.get()) is not None: return p,SUB.get()
+    return getattr(threading.current_thread(), "ipymini_origin", None) or (None, None)
+
 def current_parent():
-    "The request being served here: this context's, else the one the current thread was started under, else the main one."
-    return PARENT.get() or getattr(threading.current_thread(), "ipymini_parent", None) or main_parent[0]
+    """Where output written here goes: a pinned parent; else the request the code was started under while that request runs;
+    else the cell its subshell runs now, or the last one it ran (README: "Output from threads")."""
+    if (p := PINNED.get()) is not None: return p
+    p,sid = origin()
+    if p is not None and (r := running.get(id(p))) is not None and r[0] is p: return p
+    return cells.get(sid) or p or main_parent[0]
+
+def task_now():
+    try: return asyncio.current_task()
+    except RuntimeError: return None  # no loop runs in this thread
+
+def enter(msg, sid=None, cell=False, main=False):
+    "Request `msg` is served here from now on; `cell`: it is an execute_request; `main`: the parent subshell runs it."
+    PARENT.set(msg)
+    PINNED.set(None)  # a pin a previous request set in this (shared) context ends with it
+    running[id(msg)] = msg,threading.get_ident(),task_now()
+    if cell: cells[sid] = msg
+    if main: main_parent[0] = msg
+
+def leave(msg):
+    "Request `msg` is done: output started by it goes to its subshell's current or last cell from now on."
+    running.pop(id(msg), None)
+
+def own(msg) -> bool:
+    "Is the code here request `msg` itself (the thread and task serving it), not code it started?"
+    r = running.get(id(msg))
+    return r is not None and r[0] is msg and r[1] == threading.get_ident() and task_now() in (None, r[2])
+
+def pin(parent):
+    "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; no pin where `parent` is the request running here."
+    if not (parent is PARENT.get() and own(parent)): PINNED.set(parent)
+
+@contextmanager
+def serving(msg):
+    "Serve `msg` inside another request (jupyter-ui-poll's `do_one_iteration`): output goes to `msg` until the block ends."
+    tp,tk,prev = PARENT.set(msg),PINNED.set(None),running.get(id(msg))
+    running[id(msg)] = msg,threading.get_ident(),task_now()
+    try: yield
+    finally:
+        if prev is None: running.pop(id(msg), None)
+        PINNED.reset(tk)
+        PARENT.reset(tp)
 
 class Output:
     "Stream text waiting to go out, as runs of (parent, name, texts); flushed by size, by a timer, or before any other message."
@@ -24,8 +73,10 @@ class Output:
         self.lock,self.armed,self.stopped = threading.RLock(),threading.Event(),threading.Event()
         threading.Thread(target=self.timer, daemon=True, name="ipymini-flush").start()
 
-    def write(self, name, text, parent):
+    def write(self, name, text, parent=None):
+        "Add `text` for `parent` (default: the current one, found under the lock, so text never lands after that request's idle)."
         with self.lock:
+            if parent is None: parent = current_parent()
             if self.runs and self.runs[-1][0] is parent and self.runs[-1][1] == name: self.runs[-1][2].append(text)
             else: self.runs.append((parent, name, [text]))
             self.size += len(text)
@@ -63,7 +114,7 @@ class Stream(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if in_child[0]: write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
-        elif s: self.out.write(self.name, s, current_parent())
+        elif s: self.out.write(self.name, s)
         return len(s)
     def writelines(self, lines):
         for l in lines: self.write(l)
@@ -113,12 +164,11 @@ class Channels:
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         if in_child[0]: return  # a forked child has no IOPub thread: its messages would wait forever (its text goes to the fds)
-        parent = parent or current_parent()
         if msg_type not in undrained and content.get("execution_state") != "busy":
             for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
-        with self.out.lock:
+        with self.out.lock:  # the parent is found under the lock, as for stream text
             self.out.flush()
-            self.raw(msg_type, content, parent, buffers, metadata)
+            self.raw(msg_type, content, parent or current_parent(), buffers, metadata)
 
     def flush(self):
         for f in self.fds: f.drain()
@@ -136,21 +186,27 @@ class Channels:
         os.register_at_fork(after_in_child=self.out.forget)
         patch_threads()
 
-def run_as(parent, fn, *args, **kw):
-    "Call `fn` with `parent` as the current request."
-    tok = PARENT.set(parent)
+def run_as(start, fn, *args, **kw):
+    "Call `fn` as code started by `start`, a `(request, subshell id)`."
+    tp,ts = PARENT.set(start[0]),SUB.set(start[1])
     try: return fn(*args, **kw)
-    finally: PARENT.reset(tok)
+    finally:
+        SUB.reset(ts)
+        PARENT.reset(tp)
+
+def started_from():
+    "What code started here inherits: the request its output goes to now, and that request's subshell."
+    return current_parent(),origin()[1]
 
 def patch_threads():
-    "Threads remember the request they were started under, and pool work the one it was submitted under, so output goes to that cell."
+    "Threads, and each piece of pool work, start as code of the request running where they were started (see `current_parent`)."
     from concurrent.futures import ThreadPoolExecutor
     if getattr(threading.Thread.start, "ipymini", False): return
     start,submit = threading.Thread.start,ThreadPoolExecutor.submit
     def start_(self, *a, **kw):
-        self.ipymini_parent = current_parent()
+        self.ipymini_origin = started_from()
         return start(self, *a, **kw)
-    # a pool's workers outlive the cell that started them, so each piece of work carries its own request
-    def submit_(self, fn, *a, **kw): return submit(self, run_as, current_parent(), fn, *a, **kw)
+    # a pool's workers outlive the cell that started them, so each piece of work carries its own origin
+    def submit_(self, fn, *a, **kw): return submit(self, run_as, started_from(), fn, *a, **kw)
     start_.ipymini = True
     threading.Thread.start,ThreadPoolExecutor.submit = start_,submit_
