@@ -407,7 +407,8 @@ class Kernel(KernelAPI):
         names = {t.ident: t.name for t in threading.enumerate()}
         out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
         for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
-        print("\n".join(out), file=self.log_stream, flush=True)
+        self.log_stream.write("\n".join(out) + "\n")  # not print(): user code may have rebound it
+        self.log_stream.flush()
 
     def stop(self):
         "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."

@@ -3,7 +3,7 @@ import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from collections import deque
 from .capture import SUB
 from .eventloops import parked
-from .procs import headroom, release_import_lock
+from .procs import exit_child, headroom, release_import_lock
 
 log = logging.getLogger("ipymini")
 STOP = object()
@@ -71,6 +71,7 @@ class Subshell:
                     self.task = asyncio.current_task()
                     await self.kernel.dispatch(self.kernel.handlers, req)
             except BaseException as e: self.failed(req, e)
+            exit_child()  # a child forked by a comm handler: its loop must never wait on the parent's epoll
             self.task = self.req = None  # not in a `finally`: if failed() itself raises, run() answers `req`
             uncancel(asyncio.current_task())
             release_import_lock()
