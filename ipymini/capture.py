@@ -1,5 +1,5 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import asyncio, codecs, io, os, re, sys, threading
+import codecs, io, os, re, sys, threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from os import read, write
@@ -9,7 +9,8 @@ PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code ru
 PINNED = ContextVar("ipymini_pinned", default=None)   # set_parent/set_thread_parent: output here goes there, whatever runs
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
 main_parent = [None]  # the parent subshell's latest request: where fd-level output goes
-running = {}  # id(msg) -> (msg, thread ident, task) of each request being served now, from its `enter` to just before its idle
+running = {}  # id(msg) -> msg, for each request being served now, from its `enter` to just before its idle
+served_by = {}  # id(msg) -> (thread ident, asyncio task) serving it
 cells = {}    # subshell id -> its execute_request running now, or the last one run
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
@@ -24,32 +25,39 @@ def origin():
 
 def current_parent():
     """Where output written here goes: a pinned parent; else the request the code was started under while that request runs;
-    else the cell its subshell runs now, or the last one it ran (README: "Output from threads")."""
+    else the cell its subshell runs now, or the last one it ran (README: "Output from threads"). On every write: kept lean."""
     if (p := PINNED.get()) is not None: return p
-    p,sid = origin()
-    if p is not None and (r := running.get(id(p))) is not None and r[0] is p: return p
+    if (p := PARENT.get()) is not None:
+        if running.get(id(p)) is p: return p
+        sid = SUB.get()
+    else:
+        p,sid = getattr(threading.current_thread(), "ipymini_origin", None) or (None, None)
+        if p is not None and running.get(id(p)) is p: return p
     return cells.get(sid) or p or main_parent[0]
 
 def task_now():
-    try: return asyncio.current_task()
+    "The asyncio task running here, if any (asyncio is not imported for it: the first kernel_info comes before it is)."
+    if (aio := sys.modules.get("asyncio")) is None: return None
+    try: return aio.current_task()
     except RuntimeError: return None  # no loop runs in this thread
 
 def enter(msg, sid=None, cell=False, main=False):
     "Request `msg` is served here from now on; `cell`: it is an execute_request; `main`: the parent subshell runs it."
     PARENT.set(msg)
     PINNED.set(None)  # a pin a previous request set in this (shared) context ends with it
-    running[id(msg)] = msg,threading.get_ident(),task_now()
+    running[id(msg)],served_by[id(msg)] = msg,(threading.get_ident(), task_now())
     if cell: cells[sid] = msg
     if main: main_parent[0] = msg
 
 def leave(msg):
     "Request `msg` is done: output started by it goes to its subshell's current or last cell from now on."
     running.pop(id(msg), None)
+    served_by.pop(id(msg), None)
 
 def own(msg) -> bool:
     "Is the code here request `msg` itself (the thread and task serving it), not code it started?"
-    r = running.get(id(msg))
-    return r is not None and r[0] is msg and r[1] == threading.get_ident() and task_now() in (None, r[2])
+    by = served_by.get(id(msg))
+    return running.get(id(msg)) is msg and by[0] == threading.get_ident() and task_now() in (None, by[1])
 
 def pin(parent):
     "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; no pin where `parent` is the request running here."
@@ -59,10 +67,10 @@ def pin(parent):
 def serving(msg):
     "Serve `msg` inside another request (jupyter-ui-poll's `do_one_iteration`): output goes to `msg` until the block ends."
     tp,tk,prev = PARENT.set(msg),PINNED.set(None),running.get(id(msg))
-    running[id(msg)] = msg,threading.get_ident(),task_now()
+    running[id(msg)],served_by[id(msg)] = msg,(threading.get_ident(), task_now())
     try: yield
     finally:
-        if prev is None: running.pop(id(msg), None)
+        if prev is None: leave(msg)
         PINNED.reset(tk)
         PARENT.reset(tp)
 
