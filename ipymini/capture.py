@@ -37,8 +37,8 @@ def current_parent():
 
 def task_now():
     "The asyncio task running here, if any (asyncio is not imported for it: the first kernel_info comes before it is)."
-    if (aio := sys.modules.get("asyncio")) is None: return None
-    try: return aio.current_task()
+    if (f := getattr(sys.modules.get("asyncio"), "current_task", None)) is None: return None  # not (yet, fully) imported
+    try: return f()
     except RuntimeError: return None  # no loop runs in this thread
 
 def enter(msg, sid=None, cell=False, main=False):
