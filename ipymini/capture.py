@@ -60,8 +60,8 @@ def own(msg) -> bool:
     return running.get(id(msg)) is msg and by[0] == threading.get_ident() and task_now() in (None, by[1])
 
 def pin(parent):
-    "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; no pin where `parent` is the request running here."
-    if not (parent is PARENT.get() and own(parent)): PINNED.set(parent)
+    "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; naming the request running here unpins."
+    PINNED.set(None if parent is PARENT.get() and own(parent) else parent)
 
 @contextmanager
 def serving(msg):
