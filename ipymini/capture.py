@@ -57,7 +57,7 @@ def leave(msg):
 def own(msg) -> bool:
     "Is the code here request `msg` itself (the thread and task serving it), not code it started?"
     by = served_by.get(id(msg))
-    return running.get(id(msg)) is msg and by[0] == threading.get_ident() and task_now() in (None, by[1])
+    return by is not None and running.get(id(msg)) is msg and by[0] == threading.get_ident() and task_now() in (None, by[1])
 
 def pin(parent):
     "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; naming the request running here unpins."

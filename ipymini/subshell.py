@@ -1,7 +1,7 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from collections import deque
-from .capture import SUB
+from .capture import SUB, cells
 from .eventloops import parked
 from .procs import exit_child, headroom, release_import_lock
 
@@ -142,6 +142,7 @@ class SubshellManager:
     def delete(self, sid) -> bool:
         "Stop subshell `sid`, interrupting a running cell first; False if there is none."
         if (sub := self.subs.pop(sid, None)) is None: return False
+        cells.pop(sid, None)  # its last cell: where its threads' late output went
         sub.interrupt()
         sub.stop()
         return True
