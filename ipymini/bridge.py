@@ -213,11 +213,13 @@ class KernelBridge:
             hm.db_cache_size,self.save_flag = 10**6,hm.save_flag
 
     def input(self, prompt=""):
-        if not ALLOW_STDIN.get() or forked(): raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+        if not ALLOW_STDIN.get() or forked():  # a forked child has no client to ask
+            raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
         return self.answer(str(prompt), False)
 
     def getpass(self, prompt="Password: ", stream=None):
-        if not ALLOW_STDIN.get() or forked(): raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+        if not ALLOW_STDIN.get() or forked():
+            raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
         return self.answer(str(prompt), True)
 
     def answer(self, prompt, password):

@@ -111,7 +111,8 @@ def test_interrupt_subshell(kernel_name, how, cell):
 def test_background_task_keeps_running(kc, request, kernel_name):
     """An asyncio task made in one cell runs while later cells execute; once its own cell is done, its output goes to the
     cell running then (README: "Output from threads"). ipykernel 7.4 parents it to the finished first cell."""
-    if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason="ipykernel keeps a task's output in its finished cell", strict=True))
+    why = "ipykernel keeps a task's output in its finished cell"
+    if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason=why, strict=True))
     first = kc.execute("import asyncio\nasync def tick():\n    for i in range(3):\n        await asyncio.sleep(0.3)\n        print('tick', i)\n"
         "task = asyncio.ensure_future(tick())")
     iopub_until_idle(kc, first)

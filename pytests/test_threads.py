@@ -49,7 +49,7 @@ def cell(kc, code, timeout=TIMEOUT):
 
 def test_thread_prints_into_its_running_cell(kc):
     "A thread started by a cell that is still running prints into that cell."
-    mid,outs = cell(kc, "import threading, time\nt = threading.Thread(target=lambda: print('from thread')); t.start(); t.join()\nprint('cell')")
+    mid,outs = cell(kc, "t = threading.Thread(target=lambda: print('from thread')); t.start(); t.join()\nprint('cell')")
     assert streams(outs, mid) == "from thread\ncell\n"
 
 def test_thread_after_its_cell_prints_into_the_running_cell(kc):
@@ -138,13 +138,14 @@ def test_output_widget_in_a_thread(kc):
     assert widget_states(outs, model)[0] == r4 and streams(outs, r4) == "later in widget\n" and streams(outs, r3) == ""
 
 def test_joblib_progress_in_the_second_cell(kc):
-    """joblib's progress lines come from a callback thread its first call started: a second cell's lines are in that cell."""
+    "joblib's progress lines come from a callback thread its first call started: a second cell's lines are all in that cell."
     pytest.importorskip("joblib")
-    r1,outs = cell(kc, "from joblib import Parallel, delayed\nimport math\n_ = Parallel(n_jobs=2, verbose=1)(delayed(math.sqrt)(i) for i in range(4))")
+    r1,outs = cell(kc, "from joblib import Parallel, delayed\nimport math\n"
+        "_ = Parallel(n_jobs=2, verbose=1)(delayed(math.sqrt)(i) for i in range(4))")
     assert "Done   4 out of   4" in streams(outs, r1, "stderr")
     r2,outs = cell(kc, "_ = Parallel(n_jobs=2, verbose=10)(delayed(math.sqrt)(i) for i in range(4))")
     err = streams(outs, r2, "stderr")
-    assert "Done   1 tasks" in err and "Done   4 out of   4" in err and streams(outs, r1) == ""
+    assert err.count("Done") >= 2 and "finished" in err and streams(outs, r1) == ""  # its batching (so the wording) varies
 
 @pytest.mark.slow
 def test_ipyparallel_px_print(kernel_name):

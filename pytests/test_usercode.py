@@ -293,7 +293,8 @@ def test_fork_child_returning_into_the_kernel(kcf, differs):
     reply,outs = run(kcf, "import os\n_pid = os.fork()\nprint('child' if _pid == 0 else 'parent', flush=True)", timeout=10)
     assert reply["status"] == "ok"
     for i in range(20): assert run(kcf, f"{i}*2", timeout=5)[0]["status"] == "ok"
-    _,more = run(kcf, "import time\nfor _ in range(50):\n    if os.waitpid(_pid, os.WNOHANG)[0]: break\n    time.sleep(0.1)\nelse: print('child alive')")
+    _,more = run(kcf, "import time\nfor _ in range(50):\n    if os.waitpid(_pid, os.WNOHANG)[0]: break\n    time.sleep(0.1)\n"
+        "else: print('child alive')")
     assert "parent\n" in text(outs) and "child\n" in text(outs) + text(more)
     assert "child alive" not in text(more)
 
@@ -308,7 +309,8 @@ def test_rich_traceback_shown_once(kernel_name, how):
         reply,outs = run(kc, "1/0")
         assert reply["status"] == "error" and reply["ename"] == "ZeroDivisionError"
         assert "error" not in types(outs)
-        shown = text(outs) + text(outs, "stderr") + "".join(m["content"]["data"].get("text/plain", "") for m in outs if m["msg_type"] == "display_data")
+        shown = text(outs) + text(outs, "stderr")
+        shown += "".join(m["content"]["data"].get("text/plain", "") for m in outs if m["msg_type"] == "display_data")
         assert "ZeroDivisionError" in shown
         assert run(kc, "1+1")[0]["status"] == "ok"
 
