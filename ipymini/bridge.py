@@ -14,7 +14,7 @@ try: from IPython.core.completer import provisionalcompleter, rectify_completion
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, Bool, CBool, Instance, default
 from traitlets.config import Config
-from .capture import PINNED, SUB, current_parent, main_parent, pin
+from .capture import ROUTE, SUB, current_parent, main_parent, pin
 from .procs import env_flag, exit_child, forked, headroom, plain_tb, safe_str
 from .debug import CellCompiler
 from . import eventloops
@@ -143,8 +143,8 @@ class MiniShell(InteractiveShell):
 
     # ipykernel's shell API, for libraries (README lists who calls what): the request that output belongs to is PARENT
     def get_parent(self): return current_parent()
-    def set_thread_parent(self, parent): return PINNED.set(as_msg(parent))
-    def reset_thread_parent(self, token): PINNED.reset(token)
+    def set_thread_parent(self, parent): return pin(as_msg(parent), always=True)
+    def reset_thread_parent(self, token): ROUTE.reset(token)
     def set_parent(self, parent):
         "Output from here on goes to `parent`; on the main thread, so does fd-level output (as in ipykernel)."
         pin(as_msg(parent))

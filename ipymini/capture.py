@@ -5,35 +5,38 @@ from contextvars import ContextVar
 from os import read, write
 from select import select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
-PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code runs here, or that started it (tasks inherit it)
-PINNED = ContextVar("ipymini_pinned", default=None)   # set_parent/set_thread_parent: output here goes there, whatever runs
+PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code runs here (debug events read it)
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
 main_parent = [None]  # the parent subshell's latest request: where fd-level output goes
-running = {}  # id(msg) -> msg, for each request being served now, from its `enter` to just before its idle
-served_by = {}  # id(msg) -> (thread ident, asyncio task) serving it
-cells = {}    # subshell id -> its execute_request running now, or the last one run
+cells = {}   # subshell id -> its execute_request running now, or the last one run
+routes = {}  # id(msg) -> the live Route of each request being served, from its `enter` to just before its idle
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
 in_child = [False]  # set after fork: a child process has no IOPub thread, so its streams write to fds 1 and 2
 
 def utf8_safe(text) -> str: return text if text.isascii() else surrogates.sub("\ufffd", text)
 
-def origin():
-    "`(request, subshell id)` the code here was started under: this context's (an executor, a task), else its thread's."
-    if (p := PARENT.get()) is not None: return p,SUB.get()
-    return getattr(threading.current_thread(), "ipymini_origin", None) or (None, None)
+class Route:
+    """Where code started by request `msg` (of subshell `sid`) writes: `msg` while `live`. One object per request, shared by
+    its executor's context, the tasks that context makes and the threads and pool work started from it; `leave` ends it for
+    all of them at once. A pin (`set_parent`) is a Route of its own that stays live."""
+    __slots__ = ("msg", "sid", "live", "pinned", "by")
+    def __init__(self, msg, sid=None, live=True, pinned=False, by=None):
+        self.msg,self.sid,self.live,self.pinned,self.by = msg,sid,live,pinned,by  # `by`: (thread ident, task) serving `msg`
+
+ROUTE = ContextVar("ipymini_route", default=None)  # this context's Route; threads carry theirs as `ipymini_route`
+
+def route_here():
+    if (r := ROUTE.get()) is None: r = getattr(threading.current_thread(), "ipymini_route", None)
+    return r
 
 def current_parent():
     """Where output written here goes: a pinned parent; else the request the code was started under while that request runs;
     else the cell its subshell runs now, or the last one it ran (README: "Output from threads"). On every write: kept lean."""
-    if (p := PINNED.get()) is not None: return p
-    if (p := PARENT.get()) is not None:
-        if running.get(id(p)) is p: return p
-        sid = SUB.get()
-    else:
-        p,sid = getattr(threading.current_thread(), "ipymini_origin", None) or (None, None)
-        if p is not None and running.get(id(p)) is p: return p
-    return cells.get(sid) or p or main_parent[0]
+    if (r := ROUTE.get()) is None and (r := getattr(threading.current_thread(), "ipymini_route", None)) is None:
+        return cells.get(None) or main_parent[0]
+    if r.live: return r.msg
+    return cells.get(r.sid) or r.msg
 
 def task_now():
     "The asyncio task running here, if any (asyncio is not imported for it: the first kernel_info comes before it is)."
@@ -44,34 +47,41 @@ def task_now():
 def enter(msg, sid=None, cell=False, main=False):
     "Request `msg` is served here from now on; `cell`: it is an execute_request; `main`: the parent subshell runs it."
     PARENT.set(msg)
-    PINNED.set(None)  # a pin a previous request set in this (shared) context ends with it
-    running[id(msg)],served_by[id(msg)] = msg,(threading.get_ident(), task_now())
+    ROUTE.set(r := Route(msg, sid, by=(threading.get_ident(), task_now())))  # also ends a pin the previous request set here
+    routes[id(msg)] = r
     if cell: cells[sid] = msg
     if main: main_parent[0] = msg
 
 def leave(msg):
     "Request `msg` is done: output started by it goes to its subshell's current or last cell from now on."
-    running.pop(id(msg), None)
-    served_by.pop(id(msg), None)
+    if (r := routes.pop(id(msg), None)) is not None: r.live = False
 
-def own(msg) -> bool:
-    "Is the code here request `msg` itself (the thread and task serving it), not code it started?"
-    by = served_by.get(id(msg))
-    return by is not None and running.get(id(msg)) is msg and by[0] == threading.get_ident() and task_now() in (None, by[1])
+def own(msg):
+    "The live Route of request `msg` if the code here is that request itself (its thread and task), not code it started."
+    r = routes.get(id(msg))
+    return r if r is not None and r.msg is msg and r.by[0] == threading.get_ident() and task_now() in (None, r.by[1]) else None
 
-def pin(parent):
+def pin(parent, always=False):
     "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; naming the request running here unpins."
-    PINNED.set(None if parent is PARENT.get() and own(parent) else parent)
+    r = None if always else own(parent)
+    return ROUTE.set(r or Route(parent, getattr(route_here(), "sid", SUB.get()), pinned=True))
+
+def started_from():
+    "The Route code started here gets: this one, or for a pin the pinned request's own (a pin is not inherited)."
+    if (r := route_here()) is None or not r.pinned: return r
+    return routes.get(id(r.msg)) or Route(r.msg, r.sid, live=False)
 
 @contextmanager
 def serving(msg):
     "Serve `msg` inside another request (jupyter-ui-poll's `do_one_iteration`): output goes to `msg` until the block ends."
-    tp,tk,prev = PARENT.set(msg),PINNED.set(None),running.get(id(msg))
-    running[id(msg)],served_by[id(msg)] = msg,(threading.get_ident(), task_now())
+    prev,r = routes.get(id(msg)),Route(msg, SUB.get(), by=(threading.get_ident(), task_now()))
+    tp,tr = PARENT.set(msg),ROUTE.set(r)
+    routes[id(msg)] = r
     try: yield
     finally:
-        if prev is None: leave(msg)
-        PINNED.reset(tk)
+        r.live = False
+        if prev is None: routes.pop(id(msg), None)
+        ROUTE.reset(tr)
         PARENT.reset(tp)
 
 class Output:
@@ -194,17 +204,11 @@ class Channels:
         os.register_at_fork(after_in_child=self.out.forget)
         patch_threads()
 
-def run_as(start, fn, *args, **kw):
-    "Call `fn` as code started by `start`, a `(request, subshell id)`."
-    tp,ts = PARENT.set(start[0]),SUB.set(start[1])
+def run_as(route, fn, *args, **kw):
+    "Call `fn` as code started where `route` was taken (pool work)."
+    tok = ROUTE.set(route)
     try: return fn(*args, **kw)
-    finally:
-        SUB.reset(ts)
-        PARENT.reset(tp)
-
-def started_from():
-    "What code started here inherits: the request its output goes to now, and that request's subshell."
-    return current_parent(),origin()[1]
+    finally: ROUTE.reset(tok)
 
 def patch_threads():
     "Threads, and each piece of pool work, start as code of the request running where they were started (see `current_parent`)."
@@ -212,9 +216,9 @@ def patch_threads():
     if getattr(threading.Thread.start, "ipymini", False): return
     start,submit = threading.Thread.start,ThreadPoolExecutor.submit
     def start_(self, *a, **kw):
-        self.ipymini_origin = started_from()
+        self.ipymini_route = started_from()
         return start(self, *a, **kw)
-    # a pool's workers outlive the cell that started them, so each piece of work carries its own origin
+    # a pool's workers outlive the cell that started them, so each piece of work carries its own route
     def submit_(self, fn, *a, **kw): return submit(self, run_as, started_from(), fn, *a, **kw)
     start_.ipymini = True
     threading.Thread.start,ThreadPoolExecutor.submit = start_,submit_
