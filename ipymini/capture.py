@@ -81,6 +81,7 @@ def serving(msg):
     finally:
         r.live = False
         if prev is None: routes.pop(id(msg), None)
+        else: routes[id(msg)] = prev
         ROUTE.reset(tr)
         PARENT.reset(tp)
 
