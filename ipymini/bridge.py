@@ -4,7 +4,8 @@ from contextvars import ContextVar
 from IPython.core import page
 from IPython.core.async_helpers import _asyncio_runner
 from IPython.core.autocall import ZMQExitAutocall
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.formatters import BaseFormatter, PlainTextFormatter
 from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -13,14 +14,15 @@ try: from IPython.core.completer import provisionalcompleter, rectify_completion
 except ImportError: provisionalcompleter = rectify_completions = None  # an IPython without the experimental completion API
 from traitlets import Any, Bool, CBool, Instance, default
 from traitlets.config import Config
-from .capture import PARENT, SUB, current_parent, main_parent
-from .procs import env_flag, headroom, plain_tb, safe_str
+from .capture import ROUTE, SUB, current_parent, main_parent, pin
+from .procs import env_flag, exit_child, forked, headroom, plain_tb, safe_str
 from .debug import CellCompiler
 from . import eventloops
 
 ALLOW_STDIN = ContextVar("ipymini_allow_stdin", default=False)
 SHOWN = ContextVar("ipymini_shown", default=None)  # the error content last published in this subshell's cell
 IN_HOOK = ContextVar("ipymini_in_hook", default=False)  # the displayhook is formatting a cell's result
+ASIDE = ContextVar("ipymini_aside", default=False)  # a formatter other than text/plain failed: its traceback goes to stderr
 EXPERIMENTAL_KEY = "_jupyter_types_experimental"
 
 def at_cursor(code, cursor_pos) -> int:
@@ -111,12 +113,16 @@ class MiniShell(InteractiveShell):
         self.payload_manager.write_payload(dict(source="set_next_input", text=text, replace=replace))  # single: the last one wins
 
     def showtraceback(self, exc_tuple=None, *args, **kw):
-        "A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler that raised it."
+        """A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler that raised it.
+        A failing `_repr_html_` (any formatter but text/plain) goes to stderr: the object still shows as text, the cell is ok."""
         etype,_,tb = exc_tuple or sys.exc_info()
         if etype is KeyboardInterrupt: cut_kernel_frames(tb)
-        return super().showtraceback(exc_tuple, *args, **kw)
+        tok = ASIDE.set(optional_format(tb))
+        try: return super().showtraceback(exc_tuple, *args, **kw)
+        finally: ASIDE.reset(tok)
 
     def _showtraceback(self, etype, evalue, stb):
+        if ASIDE.get(): return sys.stderr.write("\n".join(stb) + "\n")
         err = dict(ename=etype.__name__, evalue=safe_str(evalue), traceback=stb, in_hook=IN_HOOK.get())
         SHOWN.set(err)
         self.display_pub.send("error", {k: err[k] for k in ("ename", "evalue", "traceback")})
@@ -137,12 +143,17 @@ class MiniShell(InteractiveShell):
 
     # ipykernel's shell API, for libraries (README lists who calls what): the request that output belongs to is PARENT
     def get_parent(self): return current_parent()
-    def set_thread_parent(self, parent): return PARENT.set(as_msg(parent))
-    def reset_thread_parent(self, token): PARENT.reset(token)
+    def set_thread_parent(self, parent): return pin(as_msg(parent), always=True)
+    def reset_thread_parent(self, token): ROUTE.reset(token)
     def set_parent(self, parent):
-        "Output from here on goes to `parent`; on the main thread, so does output that has no other home (as in ipykernel)."
-        PARENT.set(as_msg(parent))
+        "Output from here on goes to `parent`; on the main thread, so does fd-level output (as in ipykernel)."
+        pin(as_msg(parent))
         if threading.current_thread() is threading.main_thread(): main_parent[0] = as_msg(parent)
+
+def optional_format(tb) -> bool:
+    "Was this exception caught by IPython's guard around a formatter other than text/plain (the guard's frame starts `tb`)?"
+    f = tb.tb_frame.f_locals.get("self") if tb is not None else None
+    return isinstance(f, BaseFormatter) and not isinstance(f, PlainTextFormatter)
 
 def as_msg(parent):
     "ipykernel's parent setters take a request or just its header; ours keep the request."
@@ -202,11 +213,13 @@ class KernelBridge:
             hm.db_cache_size,self.save_flag = 10**6,hm.save_flag
 
     def input(self, prompt=""):
-        if not ALLOW_STDIN.get(): raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+        if not ALLOW_STDIN.get() or forked():  # a forked child has no client to ask
+            raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
         return self.answer(str(prompt), False)
 
     def getpass(self, prompt="Password: ", stream=None):
-        if not ALLOW_STDIN.get(): raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+        if not ALLOW_STDIN.get() or forked():
+            raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
         return self.answer(str(prompt), True)
 
     def answer(self, prompt, password):
@@ -233,6 +246,7 @@ class KernelBridge:
                 with eventloops.park(), eventloops.plain_sigint(): res = ip.loop_runner(coro)
         except Exception as e: crash = e  # IPython's own machinery failed (a low recursion limit, a broken hook): the cell's error
         finally:
+            exit_child()  # a child `os.fork()` made in the cell ends here, before it can touch the parent's sockets and loop
             ip.events.trigger("post_execute")
             if not silent: ip.events.trigger("post_run_cell", res)
         if sub is not None and store_history and not silent: ip.execution_count += 1
@@ -245,7 +259,10 @@ class KernelBridge:
             return Result("ok", count, payload=payload, user_expressions=ip.user_expressions(user_expressions or {}))
         if err is None: return Result("error", count, {k: shown[k] for k in ("ename", "evalue", "traceback")}, payload)
         error = dict(ename=type(err).__name__, evalue=safe_str(err), traceback=shown["traceback"] if shown else plain_tb(err))
-        if not shown:  # IPython could not format it (it printed why on stderr); the client still gets an error output
+        # not shown: IPython showed a UsageError on stderr (so does ipykernel, with no error output), a hook of the user's
+        # (rich's traceback) showed it, or IPython could not format it (it printed why on stderr): only then an error output
+        if isinstance(err, UsageError): error["traceback"] = []
+        elif not shown and "_showtraceback" not in vars(ip):
             with headroom(): self.ip.display_pub.send("error", error)
         return Result("error", count, error, payload)
 

@@ -1,21 +1,89 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
 import codecs, io, os, re, sys, threading
+from contextlib import contextmanager
 from contextvars import ContextVar
 from os import read, write
 from select import select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
-PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
+PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code runs here (debug events read it)
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
-main_parent = [None]  # the parent subshell's latest request: where output with no other home goes, as in ipykernel
+main_parent = [None]  # the parent subshell's latest request: where fd-level output goes
+cells = {}   # subshell id -> its execute_request running now, or the last one run
+routes = {}  # id(msg) -> the live Route of each request being served, from its `enter` to just before its idle
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
 in_child = [False]  # set after fork: a child process has no IOPub thread, so its streams write to fds 1 and 2
 
 def utf8_safe(text) -> str: return text if text.isascii() else surrogates.sub("\ufffd", text)
 
+class Route:
+    """Where code started by request `msg` (of subshell `sid`) writes: `msg` while `live`. One object per request, shared by
+    its executor's context, the tasks that context makes and the threads and pool work started from it; `leave` ends it for
+    all of them at once. A pin (`set_parent`) is a Route of its own that stays live."""
+    __slots__ = ("msg", "sid", "live", "pinned", "by")
+    def __init__(self, msg, sid=None, live=True, pinned=False, by=None):
+        self.msg,self.sid,self.live,self.pinned,self.by = msg,sid,live,pinned,by  # `by`: (thread ident, task) serving `msg`
+
+ROUTE = ContextVar("ipymini_route", default=None)  # this context's Route; threads carry theirs as `ipymini_route`
+
+def route_here():
+    if (r := ROUTE.get()) is None: r = getattr(threading.current_thread(), "ipymini_route", None)
+    return r
+
 def current_parent():
-    "The request being served here: this context's, else the one the current thread was started under, else the main one."
-    return PARENT.get() or getattr(threading.current_thread(), "ipymini_parent", None) or main_parent[0]
+    """Where output written here goes: a pinned parent; else the request the code was started under while that request runs;
+    else the cell its subshell runs now, or the last one it ran (README: "Output from threads"). On every write: kept lean."""
+    if (r := ROUTE.get()) is None and (r := getattr(threading.current_thread(), "ipymini_route", None)) is None:
+        return cells.get(None) or main_parent[0]
+    if r.live: return r.msg
+    return cells.get(r.sid) or r.msg
+
+def task_now():
+    "The asyncio task running here, if any (asyncio is not imported for it: the first kernel_info comes before it is)."
+    if (f := getattr(sys.modules.get("asyncio"), "current_task", None)) is None: return None  # not (yet, fully) imported
+    try: return f()
+    except RuntimeError: return None  # no loop runs in this thread
+
+def enter(msg, sid=None, cell=False, main=False):
+    "Request `msg` is served here from now on; `cell`: it is an execute_request; `main`: the parent subshell runs it."
+    PARENT.set(msg)
+    ROUTE.set(r := Route(msg, sid, by=(threading.get_ident(), task_now())))  # also ends a pin the previous request set here
+    routes[id(msg)] = r
+    if cell: cells[sid] = msg
+    if main: main_parent[0] = msg
+
+def leave(msg):
+    "Request `msg` is done: output started by it goes to its subshell's current or last cell from now on."
+    if (r := routes.pop(id(msg), None)) is not None: r.live = False
+
+def own(msg):
+    "The live Route of request `msg` if the code here is that request itself (its thread and task), not code it started."
+    r = routes.get(id(msg))
+    return r if r is not None and r.msg is msg and r.by[0] == threading.get_ident() and task_now() in (None, r.by[1]) else None
+
+def pin(parent, always=False):
+    "ipykernel's `set_parent` here: output goes to `parent` whatever runs later; naming the request running here unpins."
+    r = None if always else own(parent)
+    return ROUTE.set(r or Route(parent, getattr(route_here(), "sid", SUB.get()), pinned=True))
+
+def started_from():
+    "The Route code started here gets: this one, or for a pin the pinned request's own (a pin is not inherited)."
+    if (r := route_here()) is None or not r.pinned: return r
+    return routes.get(id(r.msg)) or Route(r.msg, r.sid, live=False)
+
+@contextmanager
+def serving(msg):
+    "Serve `msg` inside another request (jupyter-ui-poll's `do_one_iteration`): output goes to `msg` until the block ends."
+    prev,r = routes.get(id(msg)),Route(msg, SUB.get(), by=(threading.get_ident(), task_now()))
+    tp,tr = PARENT.set(msg),ROUTE.set(r)
+    routes[id(msg)] = r
+    try: yield
+    finally:
+        r.live = False
+        if prev is None: routes.pop(id(msg), None)
+        else: routes[id(msg)] = prev
+        ROUTE.reset(tr)
+        PARENT.reset(tp)
 
 class Output:
     "Stream text waiting to go out, as runs of (parent, name, texts); flushed by size, by a timer, or before any other message."
@@ -24,8 +92,10 @@ class Output:
         self.lock,self.armed,self.stopped = threading.RLock(),threading.Event(),threading.Event()
         threading.Thread(target=self.timer, daemon=True, name="ipymini-flush").start()
 
-    def write(self, name, text, parent):
+    def write(self, name, text, parent=None):
+        "Add `text` for `parent` (default: the current one, found under the lock, so text never lands after that request's idle)."
         with self.lock:
+            if parent is None: parent = current_parent()
             if self.runs and self.runs[-1][0] is parent and self.runs[-1][1] == name: self.runs[-1][2].append(text)
             else: self.runs.append((parent, name, [text]))
             self.size += len(text)
@@ -63,7 +133,7 @@ class Stream(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if in_child[0]: write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
-        elif s: self.out.write(self.name, s, current_parent())
+        elif s: self.out.write(self.name, s)
         return len(s)
     def writelines(self, lines):
         for l in lines: self.write(l)
@@ -113,12 +183,11 @@ class Channels:
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         if in_child[0]: return  # a forked child has no IOPub thread: its messages would wait forever (its text goes to the fds)
-        parent = parent or current_parent()
         if msg_type not in undrained and content.get("execution_state") != "busy":
             for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
-        with self.out.lock:
+        with self.out.lock:  # the parent is found under the lock, as for stream text
             self.out.flush()
-            self.raw(msg_type, content, parent, buffers, metadata)
+            self.raw(msg_type, content, parent or current_parent(), buffers, metadata)
 
     def flush(self):
         for f in self.fds: f.drain()
@@ -136,21 +205,21 @@ class Channels:
         os.register_at_fork(after_in_child=self.out.forget)
         patch_threads()
 
-def run_as(parent, fn, *args, **kw):
-    "Call `fn` with `parent` as the current request."
-    tok = PARENT.set(parent)
+def run_as(route, fn, *args, **kw):
+    "Call `fn` as code started where `route` was taken (pool work)."
+    tok = ROUTE.set(route)
     try: return fn(*args, **kw)
-    finally: PARENT.reset(tok)
+    finally: ROUTE.reset(tok)
 
 def patch_threads():
-    "Threads remember the request they were started under, and pool work the one it was submitted under, so output goes to that cell."
+    "Threads, and each piece of pool work, start as code of the request running where they were started (see `current_parent`)."
     from concurrent.futures import ThreadPoolExecutor
     if getattr(threading.Thread.start, "ipymini", False): return
     start,submit = threading.Thread.start,ThreadPoolExecutor.submit
     def start_(self, *a, **kw):
-        self.ipymini_parent = current_parent()
+        self.ipymini_route = started_from()
         return start(self, *a, **kw)
-    # a pool's workers outlive the cell that started them, so each piece of work carries its own request
-    def submit_(self, fn, *a, **kw): return submit(self, run_as, current_parent(), fn, *a, **kw)
+    # a pool's workers outlive the cell that started them, so each piece of work carries its own route
+    def submit_(self, fn, *a, **kw): return submit(self, run_as, started_from(), fn, *a, **kw)
     start_.ipymini = True
     threading.Thread.start,ThreadPoolExecutor.submit = start_,submit_

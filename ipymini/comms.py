@@ -19,7 +19,7 @@ class IPyComm(Comm):
 
 def shown(what):
     "Print the current exception to stderr, which the client shows under the comm message that caused it (as ipykernel does)."
-    print(what, traceback.format_exc(), sep="\n", file=sys.stderr)
+    sys.stderr.write(f"{what}\n{traceback.format_exc()}\n")  # not print(): user code may have rebound it
 
 def with_views(msg):
     "`msg` with its buffers as memoryviews, the type ipykernel hands to comm callbacks."
@@ -31,7 +31,7 @@ class Manager(CommManager):
         c = msg["content"]
         cm = comm.create_comm(comm_id=c["comm_id"], primary=False, target_name=c["target_name"])
         self.register_comm(cm)
-        if (f := self.targets.get(c["target_name"])) is None: print(f"No such comm target registered: {c['target_name']}", file=sys.stderr)
+        if (f := self.targets.get(c["target_name"])) is None: sys.stderr.write(f"No such comm target registered: {c['target_name']}\n")
         else:
             try: return f(cm, with_views(msg))
             except Exception: shown(f"Exception opening comm with target: {c['target_name']}")

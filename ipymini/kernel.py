@@ -4,7 +4,8 @@ from time import monotonic  # bound now: user code may rebind `time.monotonic` (
 from contextlib import contextmanager
 import zmq
 from . import __version__
-from .capture import PARENT, Channels, current_parent, main_parent
+from . import capture
+from .capture import Channels, current_parent
 from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
 from .libapi import APISession, IOPubSocket, KernelAPI
 from .session import DELIM, now
@@ -175,12 +176,14 @@ class Kernel(KernelAPI):
         "busy before a request's first output, idle after its last."
         self.status("busy", msg)
         try: yield
-        finally: self.status("idle", msg)
+        finally:
+            capture.leave(msg)  # before idle: later output of what this request started goes to the cell running then
+            self.status("idle", msg)
 
     def enter(self, req):
         "Outputs from here on belong to `req`."
-        PARENT.set(req.msg)
-        if req.sub is not None and req.sub is self.subs.parent: main_parent[0] = req.msg
+        sub = req.sub
+        capture.enter(req.msg, sub and sub.sid, req.msg_type == "execute_request", sub is not None and sub is self.subs.parent)
 
     def missing(self, req):
         "Answer a request that lacks a required field with an error; comm messages have no reply, so they get a log line."
@@ -206,6 +209,7 @@ class Kernel(KernelAPI):
         with self.once:
             if req.idle: return
             req.idle = True
+        capture.leave(req.msg)
         self.status("idle", req.msg)
 
     def dispatch_sync(self, handlers, req):
@@ -409,7 +413,8 @@ class Kernel(KernelAPI):
         names = {t.ident: t.name for t in threading.enumerate()}
         out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
         for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
-        print("\n".join(out), file=self.log_stream, flush=True)
+        self.log_stream.write("\n".join(out) + "\n")  # not print(): user code may have rebound it
+        self.log_stream.flush()
 
     def stop(self):
         "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."

@@ -1,6 +1,6 @@
 "ipykernel's Python-side API, for the libraries that reach for it: the kernel facade, `ipykernel.*` stand-ins, kernel magics."
 import json, os, sys, threading, types
-from .capture import PARENT, SUB, current_parent, main_parent
+from .capture import SUB, current_parent, main_parent, serving
 from .session import Session, pack
 
 launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipykernel_launcher.py")
@@ -50,13 +50,11 @@ class KernelAPI:
         parented to that message as usual. Execute requests stay queued, in order, for after the cell."""
         sub = self.subs.get(SUB.get()) or self.subs.parent
         if (req := sub.pending(lambda r: getattr(r, "msg_type", None) in comm_msgs)) is None: return
-        home,tok = main_parent[0],PARENT.set(req.msg)
+        home = main_parent[0]
         try:
-            with self.busy(req.msg):
+            with serving(req.msg), self.busy(req.msg):
                 if not self.missing(req): getattr(self.comm_manager, req.msg_type)(None, None, req.msg)
-        finally:
-            PARENT.reset(tok)
-            main_parent[0] = home
+        finally: main_parent[0] = home
 
 def kernel_magics():
     "ipykernel's kernel magics (`%connect_info`, `%qtconsole`, `%less`/`%more`, `%man`, `%clear`, `%autosave`, `%subshell`, `%edit`)."

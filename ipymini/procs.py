@@ -1,8 +1,21 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
 import _imp, logging, os, signal, socket, sys, threading, time
 from contextlib import contextmanager
+from io import open  # bound now: the shutdown path reads /proc with it, whatever user code makes of `builtins.open`
 
 log = logging.getLogger("ipymini")
+kernel_pid = os.getpid()
+
+def forked() -> bool: return os.getpid() != kernel_pid
+
+def exit_child():
+    """In a child that `os.fork()` made in a cell, now back in the kernel's code: exit. It shares the parent's epoll, self-pipe,
+    sockets and outbox pipes; waiting on them would steal the parent's wake-ups. Its output went to fds 1 and 2 (see capture)."""
+    if not forked(): return
+    for f in (sys.stdout, sys.stderr):
+        try: f.flush()
+        except BaseException: pass
+    os._exit(0)
 
 def env_flag(name, default:bool) -> bool:
     "The boolean environment flag `name` (0/1, false/true), or `default` when unset: every IPYMINI_* flag is read through here."

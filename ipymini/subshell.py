@@ -1,9 +1,9 @@
 "Subshells (JEP 91): each runs its execute and comm requests in order, on its own thread and asyncio loop."
 import asyncio, ctypes, logging, selectors, signal, threading, time, uuid
 from collections import deque
-from .capture import SUB
+from .capture import SUB, cells
 from .eventloops import parked
-from .procs import headroom, release_import_lock
+from .procs import exit_child, headroom, release_import_lock
 
 log = logging.getLogger("ipymini")
 STOP = object()
@@ -71,6 +71,7 @@ class Subshell:
                     self.task = asyncio.current_task()
                     await self.kernel.dispatch(self.kernel.handlers, req)
             except BaseException as e: self.failed(req, e)
+            exit_child()  # a child forked by a comm handler: its loop must never wait on the parent's epoll
             self.task = self.req = None  # not in a `finally`: if failed() itself raises, run() answers `req`
             uncancel(asyncio.current_task())
             release_import_lock()
@@ -141,6 +142,7 @@ class SubshellManager:
     def delete(self, sid) -> bool:
         "Stop subshell `sid`, interrupting a running cell first; False if there is none."
         if (sub := self.subs.pop(sid, None)) is None: return False
+        cells.pop(sid, None)  # its last cell: where its threads' late output went
         sub.interrupt()
         sub.stop()
         return True

@@ -1,6 +1,6 @@
-"Streams: routing by request (threads, pools, tasks, subshells), coalescing, flush order, fd-level output, floods."
+"Streams: coalescing, flush order, fd-level output, floods (routing from threads, pools and tasks: test_threads.py)."
 import os, time, pytest
-from kutils import run, request, types, text, start_kernel, shell_reply, iopub_until_idle, TIMEOUT
+from kutils import run, types, text, start_kernel, shell_reply, iopub_until_idle
 
 def clean_env():
     "The environment without pytest's marker: ipykernel turns its fd capture off when it sees PYTEST_CURRENT_TEST."
@@ -9,17 +9,6 @@ def clean_env():
 @pytest.fixture(scope="module")
 def kernel(kernel_name):
     with start_kernel(kernel_name, env=clean_env()) as (km,kc): yield km,kc
-
-def collect(kc, mid, timeout=TIMEOUT):
-    "Every IOPub message (any parent) until `mid` goes idle."
-    outs,end = [],time.monotonic() + timeout
-    while True:
-        m = kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
-        outs.append(m)
-        if m["parent_header"].get("msg_id") == mid and m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": return outs
-
-def streams_of(outs, mid):
-    return "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == mid)
 
 def test_stdout_and_stderr(kc):
     _,outs = run(kc, "import sys\nprint('a'); print('b', file=sys.stderr); print('c')")
@@ -58,42 +47,6 @@ def test_lone_surrogate_is_not_lost(kc):
     _,outs = run(kc, r"print('ok \ud800 still here')")
     assert text(outs) == "ok \ufffd still here\n"
 
-def test_thread_output_stays_with_its_cell(kc):
-    """Lines a thread started in cell 1 prints while cell 2 runs belong to cell 1. ipykernel parents them to whatever
-    cell runs at the time (its fallback is the latest request), so cell 2 shows another cell's output."""
-    r1 = kc.execute("import threading\ngo,done = threading.Event(),threading.Event()\n"
-        "def bg():\n    go.wait(); print('from bg'); done.set()\nthreading.Thread(target=bg).start()")
-    collect(kc, r1)
-    r2 = kc.execute("go.set(); done.wait(10); print('cell 2')")
-    outs = collect(kc, r2)
-    assert streams_of(outs, r2) == "cell 2\n"
-    assert streams_of(outs, r1) == "from bg\n"
-
-def test_thread_output_after_its_cell_ended(kc):
-    "A thread still printing after its cell went idle keeps its cell as parent, and is delivered."
-    r1 = kc.execute("import threading\nlate = threading.Event()\n"
-        "def slow():\n    late.wait(); print('late line')\nthreading.Thread(target=slow).start()")
-    collect(kc, r1)
-    r2 = kc.execute("late.set()")
-    outs = collect(kc, r2)
-    end = time.monotonic() + TIMEOUT
-    while "late line" not in streams_of(outs, r1) and time.monotonic() < end: outs.append(kc.get_iopub_msg(timeout=TIMEOUT))
-    assert streams_of(outs, r1) == "late line\n" and streams_of(outs, r2) == ""
-
-def test_thread_pool_work_goes_to_submitting_cell(kc):
-    "A pool made in one cell: work submitted by a later cell prints in that later cell."
-    run(kc, "from concurrent.futures import ThreadPoolExecutor\npool = ThreadPoolExecutor(2)\npool.submit(print, 'first').result()")
-    _,outs = run(kc, "pool.submit(print, 'second').result(); pool.submit(print, 'third').result()")
-    assert text(outs) == "second\nthird\n"
-
-def test_asyncio_task_output_stays_with_its_cell(kc):
-    "A task created in cell 1 that prints during cell 2 is parented to cell 1 (contextvars follow tasks)."
-    r1 = kc.execute("import asyncio\ngate = asyncio.Event()\nasync def t():\n    await gate.wait(); print('from task')\ntask = asyncio.ensure_future(t())")
-    collect(kc, r1)
-    r2 = kc.execute("gate.set(); await task; print('cell 2')")
-    outs = collect(kc, r2)
-    assert streams_of(outs, r2) == "cell 2\n" and streams_of(outs, r1) == "from task\n"
-
 def test_fd_level_output(kc):
     "What child processes and C code write to fds 1 and 2 arrives as the cell's stream output, in order with print."
     _,outs = run(kc, "import os, subprocess\nprint('py', flush=True)\nos.system('echo shell-out; echo shell-err >&2')\n"
@@ -111,26 +64,6 @@ def test_forked_child_output(kc):
     _,outs = run(kc, "import multiprocessing as mp\nctx = mp.get_context('fork')\n"
         "def w(i): print('child', i, flush=True)\nfor i in range(3):\n    p = ctx.Process(target=w, args=(i,)); p.start(); p.join()")
     assert text(outs) == "child 0\nchild 1\nchild 2\n"
-
-def test_subshell_thread_output_stays_in_subshell(kc, kernel_name):
-    "A thread started by a subshell's cell prints into that cell, never into the parent subshell's running cell."
-    sid = request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
-    try:
-        r0 = kc.execute("import threading\nsub_go,sub_done = threading.Event(),threading.Event()")
-        collect(kc, r0)
-        msg = kc.session.msg("execute_request", dict(code="def sb():\n    sub_go.wait(); print('sub thread'); sub_done.set()\n"
-            "threading.Thread(target=sb).start()", silent=False, store_history=True, user_expressions={}, allow_stdin=False))
-        msg["header"]["subshell_id"] = sid
-        kc.shell_channel.send(msg)
-        rs = msg["header"]["msg_id"]
-        collect(kc, rs)
-        r2 = kc.execute("sub_go.set(); sub_done.wait(10); print('parent cell')")
-        outs = collect(kc, r2)
-        assert streams_of(outs, r2) == "parent cell\n"
-        end = time.monotonic() + TIMEOUT
-        while "sub thread" not in streams_of(outs, rs) and time.monotonic() < end: outs.append(kc.get_iopub_msg(timeout=TIMEOUT))
-        assert streams_of(outs, rs) == "sub thread\n"
-    finally: request(kc, "delete_subshell_request", "control", subshell_id=sid)
 
 def hwm_mb(pid):
     with open(f"/proc/{pid}/status") as f: return int(next(l for l in f if l.startswith("VmHWM")).split()[1]) / 1024

@@ -108,16 +108,18 @@ def test_interrupt_subshell(kernel_name, how, cell):
         assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
         assert shell_reply(kc, execute(kc, "1", sid))["content"]["status"] == "ok"
 
-def test_background_task_keeps_running(kc):
-    "An asyncio task made in one cell runs while later cells execute, its output parented to the cell that made it."
+def test_background_task_keeps_running(kc, request, kernel_name):
+    """An asyncio task made in one cell runs while later cells execute; once its own cell is done, its output goes to the
+    cell running then (README: "Output from threads"). ipykernel 7.4 parents it to the finished first cell."""
+    why = "ipykernel keeps a task's output in its finished cell"
+    if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason=why, strict=True))
     first = kc.execute("import asyncio\nasync def tick():\n    for i in range(3):\n        await asyncio.sleep(0.3)\n        print('tick', i)\n"
         "task = asyncio.ensure_future(tick())")
     iopub_until_idle(kc, first)
-    reply,_ = run(kc, "await asyncio.sleep(1.2); task.done()")
-    assert reply["status"] == "ok"
-    got = [wait_msg(kc, lambda m: m["msg_type"] == "stream" and "tick" in m["content"]["text"]) for _ in range(3)]
-    assert "".join(g["content"]["text"] for g in got) == "tick 0\ntick 1\ntick 2\n"
-    assert all(g["parent_header"]["msg_id"] == first for g in got)
+    second = kc.execute("await asyncio.sleep(1.2); task.done()")
+    assert shell_reply(kc, second)["content"]["status"] == "ok"
+    outs = iopub_until_idle(kc, second)
+    assert "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream") == "tick 0\ntick 1\ntick 2\n"
 
 def test_complete_while_cell_runs(kc):
     "Completion is answered mid-cell, as a front end types; ipykernel 7 answers only after the 3 s cell ends."
