@@ -72,7 +72,8 @@ class Stream(io.TextIOBase):
     def writelines(self, lines):
         for l in lines: self.write(l)
 
-IN_MODIFY,PUNCH,CHUNK,FREE_AT,AHEAD = 0x2,0x3,FLUSH_SIZE,1<<20,4  # PUNCH: FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE
+IN_MODIFY,IN_OPEN,IN_Q_OVERFLOW,PUNCH = 0x2,0x20,0x4000,0x3  # PUNCH: FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE
+CHUNK,FREE_AT,AHEAD,TAIL = FLUSH_SIZE,1<<20,4,64
 
 def libc():
     import ctypes
@@ -101,7 +102,7 @@ def tmpfile(d):
 class FdFile:
     "One captured fd: the unlinked file behind it, how far it is forwarded and freed, and a decoder that keeps split characters whole."
     def __init__(self, fd, name, d, lib):
-        self.fd,self.name,self.lib,self.off,self.freed = fd,name,lib,0,0
+        self.fd,self.name,self.lib,self.off,self.freed,self.tail,self.wd = fd,name,lib,0,0,b"",None
         self.decode = codecs.getincrementaldecoder("utf-8")("replace").decode
         self.f = tmpfile(d)
         checked(lib.fallocate(self.f, PUNCH, 0, 4096))  # no hole punching here (EOPNOTSUPP): the file would only grow
@@ -110,20 +111,24 @@ class FdFile:
         self.saved = os.dup(self.fd)
         os.dup2(self.f, self.fd)  # fd 1/2 share the file's description (and its O_APPEND); children inherit it
 
-    def forward(self, out, pace):
+    def truncated(self, end, reopened) -> bool:
+        "Did a reopen (a child's `> /dev/stdout`) truncate the file? Then it is shorter, or no longer holds the last bytes read."
+        return end < self.off or reopened and pread(self.f, len(self.tail), self.off - len(self.tail)) != self.tail
+
+    def forward(self, out, pace, reopened=False):
         """Send on what was written since the last look, a message at a time with at most `AHEAD` queued for IOPub (the file
-        holds the rest, so memory stays bounded); free what was read, a MiB at a time (the file is sparse)."""
+        holds the rest, so memory stays bounded); free what was read, a MiB at a time (the file is sparse), all but its tail."""
         end = os.fstat(self.f).st_size
-        if end < self.off: self.off = self.freed = 0  # truncated (a child's `> /dev/stdout` reopens it with O_TRUNC): start over
+        if self.truncated(end, reopened): self.off,self.freed,self.tail = 0,0,b""  # what it held unread is gone: start over
         while self.off < end:
             data = pread(self.f, min(end - self.off, CHUNK), self.off)
             if not data: break
             out.write(self.name, self.decode(data), main_parent[0])
-            self.off += len(data)  # only once forwarded: `FdCapture.before` relies on it
+            self.off,self.tail = self.off + len(data),(self.tail + data[-TAIL:])[-TAIL:]  # `FdCapture.before` needs `off` last
             if pace is not None: pace(AHEAD)
-        if self.off - self.freed >= FREE_AT:
-            self.lib.fallocate(self.f, PUNCH, self.freed, self.off - self.freed)
-            self.freed = self.off
+        if (cut := (self.off - TAIL) & ~4095) - self.freed >= FREE_AT:  # the tail stays, so `truncated` can look at it
+            self.lib.fallocate(self.f, PUNCH, self.freed, cut - self.freed)
+            self.freed = cut
 
 class FdCapture:
     """Point fds 1 and 2 at unlinked files, which never block a writer (C holding the GIL, children, threads); one thread,
@@ -134,7 +139,7 @@ class FdCapture:
         self.ino = checked(lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
         try:
             self.files = [FdFile(fd, name, d, lib) for fd,name in ((1, "stdout"), (2, "stderr"))]
-            for f in self.files: checked(lib.inotify_add_watch(self.ino, f"/proc/self/fd/{f.f}".encode(), IN_MODIFY))
+            for f in self.files: f.wd = checked(lib.inotify_add_watch(self.ino, f"/proc/self/fd/{f.f}".encode(), IN_MODIFY | IN_OPEN))
         except BaseException:
             for f in getattr(self, "files", []): os.close(f.f)
             os.close(self.ino)
@@ -159,9 +164,20 @@ class FdCapture:
     def drain(self):
         "Forward everything already written, so it goes out before what follows (a print, a result, idle)."
         with self.lock:
-            try: read(self.ino, 65536)  # the events only say "written"; every write after this makes a new one
-            except OSError: pass
-            for f in self.files: f.forward(self.out, self.pace)
+            opened = self.reopened()
+            for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
+
+    def reopened(self) -> set:
+        "Take the queued events (every write after this makes a new one); the watches whose file was opened again."
+        try: evs = read(self.ino, 65536)
+        except OSError: return set()
+        wds,i = set(),0
+        while i + 16 <= len(evs):  # struct inotify_event: int wd, uint32 mask, cookie, len; then len bytes of name
+            wd,mask,n = int.from_bytes(evs[i:i+4], "little", signed=True),int.from_bytes(evs[i+4:i+8], "little"),int.from_bytes(evs[i+12:i+16], "little")
+            if mask & IN_OPEN: wds.add(wd)
+            if mask & IN_Q_OVERFLOW: wds.update(f.wd for f in self.files)
+            i += 16 + n
+        return wds
 
     def before(self):
         "Python text or a message is about to be queued: first forward fd output written before it (one poll(2) when none is)."
