@@ -2,7 +2,7 @@
 import codecs, io, logging, os, re, sys, threading
 from contextvars import ContextVar
 from os import pread, read, write
-from select import POLLIN, poll, select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
+from select import EPOLLIN, epoll, select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
 PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
@@ -145,17 +145,14 @@ class FdCapture:
             os.close(self.ino)
             raise
         for f in self.files: f.point()
-        self.poll,self.wait = self.poller().poll,self.poller().poll  # one each: a poll object refuses two threads at once
+        self.ep = epoll()  # not poll(): a poll object refuses a second thread while one waits in it
+        self.ep.register(self.ino, EPOLLIN)
+        self.poll = self.ep.poll
         threading.Thread(target=self.run, daemon=True, name="ipymini-fds").start()
-
-    def poller(self):
-        p = poll()
-        p.register(self.ino, POLLIN)
-        return p
 
     def run(self):
         while True:
-            try: self.wait()  # blocks, without the GIL, until a write; takes nothing off the queue
+            try: self.poll()  # blocks, without the GIL, until a write; takes nothing off the queue
             except (OSError, ValueError): return
             self.busy = True  # set before the events are taken: `before` looks at the queue first, then here
             try: self.drain()
@@ -180,7 +177,7 @@ class FdCapture:
         return wds
 
     def before(self):
-        "Python text or a message is about to be queued: first forward fd output written before it (one poll(2) when none is)."
+        "Python text or a message is about to be queued: first forward fd output written before it (one epoll_wait when none is)."
         if self.poll(0) or self.busy: self.drain()
 
 class PipeFd:
