@@ -2,6 +2,7 @@
 import codecs, io, logging, os, re, sys, threading
 from contextvars import ContextVar
 from os import pread, read, write
+from threading import get_ident
 from select import EPOLLIN, epoll, select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
 PARENT = ContextVar("ipymini_parent", default=None)  # the request whose outputs the running code produces
@@ -58,7 +59,7 @@ class Stream(io.TextIOBase):
         self.name,self.out,self.fd = name,out,fd
     encoding,errors = "UTF-8",None  # as ipykernel's streams say (text is sent as UTF-8; lone surrogates become U+FFFD)
     def writable(self): return True
-    ahead = None  # `FdCapture.before`, once fds are captured
+    fds = None  # the `FdCapture`, once fds 1/2 are captured
     def isatty(self): return False
     def fileno(self): return self.fd
     def flush(self): self.out.flush()
@@ -66,7 +67,8 @@ class Stream(io.TextIOBase):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if in_child[0]: write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
         elif s:
-            if self.ahead is not None and s != "\n": self.ahead()  # C's output first, line by line (print's "\n" ends its line)
+            # fd output written before this goes first, line by line (print's "\n" ends its line); `FdCapture.before`, inlined
+            if (f := self.fds) is not None and s != "\n" and (f.sigs != f.seen or get_ident() != f.main): f.drain()
             self.out.write(self.name, s, current_parent())
         return len(s)
     def writelines(self, lines):
@@ -132,10 +134,13 @@ class FdFile:
 
 class FdCapture:
     """Point fds 1 and 2 at unlinked files, which never block a writer (C holding the GIL, children, threads); one thread,
-    woken by inotify (no polling), forwards what is written there as stream text and punches out what it has read."""
+    woken by inotify (no polling), forwards what is written there as stream text and punches out what it has read.
+    Python text must not overtake fd output written before it, and asking the OS before each print would slow `print` by
+    a third: the inotify fd raises SIGIO at the main thread when its queue gets an event, and the handler counts it, so a
+    print on the main thread looks at a counter (`sigs` against `seen`); other threads ask epoll."""
     def __init__(self, out, d, pace=None):
         _,lib = libc()
-        self.out,self.pace,self.lock,self.busy = out,pace,threading.Lock(),False
+        self.out,self.pace,self.lock,self.owner,self.sigs,self.seen,self.main = out,pace,threading.Lock(),None,0,0,None
         self.ino = checked(lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
         try:
             self.files = [FdFile(fd, name, d, lib) for fd,name in ((1, "stdout"), (2, "stderr"))]
@@ -148,21 +153,43 @@ class FdCapture:
         self.ep = epoll()  # not poll(): a poll object refuses a second thread while one waits in it
         self.ep.register(self.ino, EPOLLIN)
         self.poll = self.ep.poll
+        self.signal_main()
         threading.Thread(target=self.run, daemon=True, name="ipymini-fds").start()
+
+    def signal_main(self):
+        "SIGIO at the main thread (F_SETOWN_EX to its tid) for each new inotify event; without it every print asks epoll."
+        import fcntl, signal, struct
+        try:
+            signal.signal(signal.SIGIO, self.on_sigio)
+            signal.siginterrupt(signal.SIGIO, False)  # SA_RESTART: C code in a blocking call rarely sees EINTR for it
+            fcntl.fcntl(self.ino, 15, struct.pack("ii", 0, threading.get_native_id()))  # F_SETOWN_EX, F_OWNER_TID
+            fcntl.fcntl(self.ino, fcntl.F_SETFL, fcntl.fcntl(self.ino, fcntl.F_GETFL) | os.O_ASYNC)
+            self.main = threading.get_ident()
+        except (OSError, ValueError, AttributeError) as e: log.warning("fd capture: no SIGIO (%s): prints ask epoll for fd output", e)
+
+    def on_sigio(self, sig, frame): self.sigs += 1
 
     def run(self):
         while True:
             try: self.poll()  # blocks, without the GIL, until a write; takes nothing off the queue
             except (OSError, ValueError): return
-            self.busy = True  # set before the events are taken: `before` looks at the queue first, then here
-            try: self.drain()
-            finally: self.busy = False
+            self.drain(True)
 
-    def drain(self):
-        "Forward everything already written, so it goes out before what follows (a print, a result, idle)."
+    def drain(self, always=False):
+        """Forward everything already written (when epoll says anything was, or `always`), so it goes out before what follows
+        (a print, a result, idle). `seen` is -1 meanwhile, so a print on the main thread waits for the lock."""
+        if self.owner == threading.get_ident(): return  # a signal handler's print, in the middle of our own drain
         with self.lock:
-            opened = self.reopened()
-            for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
+            self.owner,sigs,self.seen = threading.get_ident(),self.sigs,-1
+            try:
+                if always or self.poll(0):
+                    opened = self.reopened()
+                    for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
+            finally: self.owner,self.seen = None,sigs  # a SIGIO after `sigs` was read makes the next print look again
+
+    def before(self):
+        "Python text or a message is about to be queued: first forward fd output written before it (free on the main thread)."
+        if self.sigs != self.seen or threading.get_ident() != self.main: self.drain()
 
     def reopened(self) -> set:
         "Take the queued events (every write after this makes a new one); the watches whose file was opened again."
@@ -175,10 +202,6 @@ class FdCapture:
             if mask & IN_Q_OVERFLOW: wds.update(f.wd for f in self.files)
             i += 16 + n
         return wds
-
-    def before(self):
-        "Python text or a message is about to be queued: first forward fd output written before it (one epoll_wait when none is)."
-        if self.poll(0) or self.busy: self.drain()
 
 class PipeFd:
     "The fallback: point fd 1 or 2 at a pipe drained by a thread (a writer holding the GIL can fill it)."
@@ -268,7 +291,7 @@ class Channels:
             self.fds = fd_capture(self.out, pace)
             line_buffer_c_stdout()
         sys.stdout,sys.stderr = Stream("stdout", self.out, 1),Stream("stderr", self.out, 2)
-        if isinstance(self.fds, FdCapture): sys.stdout.ahead = sys.stderr.ahead = self.fds.before
+        if isinstance(self.fds, FdCapture): sys.stdout.fds = sys.stderr.fds = self.fds
         ip.display_pub.send = ip.displayhook.send = self.pub
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures show inline, as in ipykernel
         os.register_at_fork(after_in_child=self.out.forget)

@@ -172,3 +172,28 @@ def test_fallback_to_pipes(kernel_name, tmp_path):
         assert reply["status"] == "ok" and text(outs) == "via pipe\npy\n"
         km.log_file.seek(0)
         assert "using pipes instead" in km.log_file.read()
+
+def test_subshells_print_at_once(kernel_name):
+    "Four subshells print and write from C at the same moment: every cell gets its reply, its idle, and all of its own lines."
+    with fresh(kernel_name) as (km,kc):
+        sids = [request(kc, "create_subshell_request", "control")["content"]["subshell_id"] for _ in range(4)]
+        assert run(kc, "import ctypes, threading, sys\nlibc = ctypes.CDLL(None)\ngo = threading.Barrier(4)")[0]["status"] == "ok"
+        mids = {}
+        for i,sid in enumerate(sids):
+            msg = kc.session.msg("execute_request", dict(code=f"go.wait()\nfor j in range(500): print({i}, j); libc.write(1, b'c\\n', 2)",
+                silent=False, store_history=True, user_expressions={}, allow_stdin=False))
+            msg["header"]["subshell_id"] = sid
+            kc.shell_channel.send(msg)
+            mids[msg["header"]["msg_id"]] = i
+        idle,texts,end = set(),{m: [] for m in mids},time.monotonic() + 30
+        while len(idle) < 4:
+            m = kc.get_iopub_msg(timeout=max(0.01, min(STALL, end - time.monotonic())))
+            pid = m["parent_header"].get("msg_id")
+            if pid not in mids: continue
+            if m["msg_type"] == "stream": texts[pid].append(m["content"]["text"])
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": idle.add(pid)
+        for mid,i in mids.items():
+            assert shell_reply(kc, mid, STALL)["content"]["status"] == "ok"
+            mine = [l for l in "".join(texts[mid]).splitlines() if l != "c"]
+            assert mine == [f"{i} {j}" for j in range(500)]
+        for sid in sids: request(kc, "delete_subshell_request", "control", subshell_id=sid)
