@@ -173,7 +173,8 @@ class FdCapture:
         while True:
             try: self.poll()  # blocks, without the GIL, until a write; takes nothing off the queue
             except (OSError, ValueError): return
-            self.drain(True)
+            try: self.drain(True)
+            except Exception: log.exception("fd capture: forwarding failed")  # the thread must live on, or fd output would pile up unseen
 
     def drain(self, always=False):
         """Forward everything already written (when epoll says anything was, or `always`), so it goes out before what follows

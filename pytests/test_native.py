@@ -5,7 +5,7 @@ ever (ipykernel issues 847 and 859), and C's stdio buffers the pipe in blocks, s
 Each test that can hang gets a kernel of its own and fails within seconds of a stall, so a hung kernel costs little."""
 import os, queue, time, psutil, pytest
 from contextlib import contextmanager
-from kutils import start_kernel, logged_kernel, run, request, shell_reply, text, TIMEOUT
+from kutils import start_kernel, logged_kernel, run, request, shell_reply, text
 
 STALL = 3  # seconds without any IOPub message for the cell: it hangs
 HANGS = "ipykernel's pipe fills while the writer holds the GIL, and its reader thread needs the GIL: the cell hangs"
