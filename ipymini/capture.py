@@ -58,8 +58,8 @@ class Stream(io.TextIOBase):
         super().__init__()
         self.name,self.out,self.fd = name,out,fd
     encoding,errors = "UTF-8",None  # as ipykernel's streams say (text is sent as UTF-8; lone surrogates become U+FFFD)
-    def writable(self): return True
     fds = None  # the `FdCapture`, once fds 1/2 are captured
+    def writable(self): return True
     def isatty(self): return False
     def fileno(self): return self.fd
     def flush(self): self.out.flush()
