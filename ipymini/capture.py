@@ -1,9 +1,10 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import codecs, io, os, re, sys, threading
+import codecs, io, logging, os, re, sys, threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from os import read, write
-from select import select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
+from os import pread, read, write
+from threading import get_ident
+from select import EPOLLIN, epoll, select  # bound now, as `read` and `write`: the fd threads must not use what user code rebinds
 
 PARENT = ContextVar("ipymini_parent", default=None)  # the request whose code runs here (debug events read it)
 SUB = ContextVar("ipymini_subshell", default=None)    # the subshell id whose code runs here; None is the parent subshell
@@ -13,6 +14,7 @@ routes = {}  # id(msg) -> the live Route of each request being served, from its 
 FLUSH_AFTER,FLUSH_SIZE = 0.05,256*1024  # coalesce stream text for 50 ms or 256 KiB, whichever comes first
 surrogates = re.compile("[\ud800-\udfff]")  # lone surrogates cannot be sent as UTF-8; clients see U+FFFD for them
 in_child = [False]  # set after fork: a child process has no IOPub thread, so its streams write to fds 1 and 2
+log = logging.getLogger(__name__)
 
 def utf8_safe(text) -> str: return text if text.isascii() else surrogates.sub("\ufffd", text)
 
@@ -126,6 +128,7 @@ class Stream(io.TextIOBase):
         super().__init__()
         self.name,self.out,self.fd = name,out,fd
     encoding,errors = "UTF-8",None  # as ipykernel's streams say (text is sent as UTF-8; lone surrogates become U+FFFD)
+    fds = None  # the `FdCapture`, once fds 1/2 are captured
     def writable(self): return True
     def isatty(self): return False
     def fileno(self): return self.fd
@@ -133,13 +136,146 @@ class Stream(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str): raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if in_child[0]: write(self.fd, s.encode("utf-8", "replace"))  # the parent's fd capture forwards it
-        elif s: self.out.write(self.name, s)
+        elif s:
+            # fd output written before this goes first, line by line (print's "\n" ends its line); `FdCapture.before`, inlined
+            if (f := self.fds) is not None and s != "\n" and (f.sigs != f.seen or get_ident() != f.main): f.drain()
+            self.out.write(self.name, s)
         return len(s)
     def writelines(self, lines):
         for l in lines: self.write(l)
 
+IN_MODIFY,IN_OPEN,IN_Q_OVERFLOW,PUNCH = 0x2,0x20,0x4000,0x3  # PUNCH: FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE
+CHUNK,FREE_AT,AHEAD,TAIL = FLUSH_SIZE,1<<20,4,64
+
+def libc():
+    import ctypes
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return ctypes,lib
+
+def checked(r):
+    "A libc call's result, or the OSError its errno says."
+    if r < 0:
+        import ctypes
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+def tmpfile(d):
+    "A file in `d` with no name (O_TMPFILE, else made and unlinked at once), open for appending: every writer adds at its end."
+    try: return os.open(d, os.O_TMPFILE | os.O_RDWR | os.O_APPEND, 0o600)
+    except (OSError, AttributeError): pass
+    import fcntl, tempfile
+    f,path = tempfile.mkstemp(dir=d, prefix="ipymini-fd")
+    os.unlink(path)
+    fcntl.fcntl(f, fcntl.F_SETFL, fcntl.fcntl(f, fcntl.F_GETFL) | os.O_APPEND)
+    return f
+
+class FdFile:
+    "One captured fd: the unlinked file behind it, how far it is forwarded and freed, and a decoder that keeps split characters whole."
+    def __init__(self, fd, name, d, lib):
+        self.fd,self.name,self.lib,self.off,self.freed,self.tail,self.wd = fd,name,lib,0,0,b"",None
+        self.decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self.f = tmpfile(d)
+        checked(lib.fallocate(self.f, PUNCH, 0, 4096))  # no hole punching here (EOPNOTSUPP): the file would only grow
+
+    def point(self):
+        self.saved = os.dup(self.fd)
+        os.dup2(self.f, self.fd)  # fd 1/2 share the file's description (and its O_APPEND); children inherit it
+
+    def truncated(self, end, reopened) -> bool:
+        "Did a reopen (a child's `> /dev/stdout`) truncate the file? Then it is shorter, or no longer holds the last bytes read."
+        return end < self.off or reopened and pread(self.f, len(self.tail), self.off - len(self.tail)) != self.tail
+
+    def forward(self, out, pace, reopened=False):
+        """Send on what was written since the last look, a message at a time with at most `AHEAD` queued for IOPub (the file
+        holds the rest, so memory stays bounded); free what was read, a MiB at a time (the file is sparse), all but its tail."""
+        end = os.fstat(self.f).st_size
+        if self.truncated(end, reopened): self.off,self.freed,self.tail = 0,0,b""  # what it held unread is gone: start over
+        while self.off < end:
+            data = pread(self.f, min(end - self.off, CHUNK), self.off)
+            if not data: break
+            out.write(self.name, self.decode(data), main_parent[0])
+            self.off,self.tail = self.off + len(data),(self.tail + data[-TAIL:])[-TAIL:]  # `FdCapture.before` needs `off` last
+            if pace is not None: pace(AHEAD)
+        if (cut := (self.off - TAIL) & ~4095) - self.freed >= FREE_AT:  # the tail stays, so `truncated` can look at it
+            self.lib.fallocate(self.f, PUNCH, self.freed, cut - self.freed)
+            self.freed = cut
+
 class FdCapture:
-    "Point fd 1 or 2 at a pipe and forward what child processes and C code write there as stream text."
+    """Point fds 1 and 2 at unlinked files, which never block a writer (C holding the GIL, children, threads); one thread,
+    woken by inotify (no polling), forwards what is written there as stream text and punches out what it has read.
+    Python text must not overtake fd output written before it, and asking the OS before each print would slow `print` by
+    a third: the inotify fd raises SIGIO at the main thread when its queue gets an event, and the handler counts it, so a
+    print on the main thread looks at a counter (`sigs` against `seen`); other threads ask epoll."""
+    def __init__(self, out, d, pace=None):
+        _,lib = libc()
+        self.out,self.pace,self.lock,self.owner,self.sigs,self.seen,self.main = out,pace,threading.Lock(),None,0,0,None
+        self.ino = checked(lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        try:
+            self.files = [FdFile(fd, name, d, lib) for fd,name in ((1, "stdout"), (2, "stderr"))]
+            for f in self.files: f.wd = checked(lib.inotify_add_watch(self.ino, f"/proc/self/fd/{f.f}".encode(), IN_MODIFY | IN_OPEN))
+        except BaseException:
+            for f in getattr(self, "files", []): os.close(f.f)
+            os.close(self.ino)
+            raise
+        for f in self.files: f.point()
+        self.ep = epoll()  # not poll(): a poll object refuses a second thread while one waits in it
+        self.ep.register(self.ino, EPOLLIN)
+        self.poll = self.ep.poll
+        self.signal_main()
+        threading.Thread(target=self.run, daemon=True, name="ipymini-fds").start()
+
+    def signal_main(self):
+        "SIGIO at the main thread (F_SETOWN_EX to its tid) for each new inotify event; without it every print asks epoll."
+        import fcntl, signal, struct
+        try:
+            signal.signal(signal.SIGIO, self.on_sigio)
+            signal.siginterrupt(signal.SIGIO, False)  # SA_RESTART: C code in a blocking call rarely sees EINTR for it
+            fcntl.fcntl(self.ino, 15, struct.pack("ii", 0, threading.get_native_id()))  # F_SETOWN_EX, F_OWNER_TID
+            fcntl.fcntl(self.ino, fcntl.F_SETFL, fcntl.fcntl(self.ino, fcntl.F_GETFL) | os.O_ASYNC)
+            self.main = threading.get_ident()
+        except (OSError, ValueError, AttributeError) as e: log.warning("fd capture: no SIGIO (%s): prints ask epoll for fd output", e)
+
+    def on_sigio(self, sig, frame): self.sigs += 1
+
+    def run(self):
+        while True:
+            try: self.poll()  # blocks, without the GIL, until a write; takes nothing off the queue
+            except (OSError, ValueError): return
+            try: self.drain(True)
+            except Exception: log.exception("fd capture: forwarding failed")  # the thread must live on, or fd output would pile up unseen
+
+    def drain(self, always=False):
+        """Forward everything already written (when epoll says anything was, or `always`), so it goes out before what follows
+        (a print, a result, idle). `seen` is -1 meanwhile, so a print on the main thread waits for the lock."""
+        if self.owner == threading.get_ident(): return  # a signal handler's print, in the middle of our own drain
+        with self.lock:
+            self.owner,sigs,self.seen = threading.get_ident(),self.sigs,-1
+            try:
+                if always or self.poll(0):
+                    opened = self.reopened()
+                    for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
+            finally: self.owner,self.seen = None,sigs  # a SIGIO after `sigs` was read makes the next print look again
+
+    def before(self):
+        "Python text or a message is about to be queued: first forward fd output written before it (free on the main thread)."
+        if self.sigs != self.seen or threading.get_ident() != self.main: self.drain()
+
+    def reopened(self) -> set:
+        "Take the queued events (every write after this makes a new one); the watches whose file was opened again."
+        try: evs = read(self.ino, 65536)
+        except OSError: return set()
+        wds,i = set(),0
+        while i + 16 <= len(evs):  # struct inotify_event: int wd, uint32 mask, cookie, len; then len bytes of name
+            wd,mask,n = int.from_bytes(evs[i:i+4], "little", signed=True),int.from_bytes(evs[i+4:i+8], "little"),int.from_bytes(evs[i+12:i+16], "little")
+            if mask & IN_OPEN: wds.add(wd)
+            if mask & IN_Q_OVERFLOW: wds.update(f.wd for f in self.files)
+            i += 16 + n
+        return wds
+
+class PipeFd:
+    "The fallback: point fd 1 or 2 at a pipe drained by a thread (a writer holding the GIL can fill it)."
     def __init__(self, fd, name, out):
         self.fd,self.name,self.out,self.lock = fd,name,out,threading.Lock()
         self.decode = codecs.getincrementaldecoder("utf-8")("replace").decode  # a character split across reads stays whole
@@ -169,7 +305,31 @@ class FdCapture:
         "Forward everything already written, so a cell's `os.system` output is in before its idle."
         while select([self.r], [], [], 0)[0] and self.read(): pass
 
-# messages whose order against fd-level output does not matter: skip the two select() calls a drain costs
+class PipeCapture:
+    "Fds 1 and 2 on pipes, for where inotify or hole punching is missing; Python's prints do not wait for C's output here."
+    def __init__(self, out): self.pipes = [PipeFd(1, "stdout", out), PipeFd(2, "stderr", out)]
+    def drain(self):
+        for p in self.pipes: p.drain()
+    before = drain
+
+def fd_capture(out, pace=None):
+    "fd 1/2 capture on unlinked files in IPYMINI_FD_DIR (default /var/tmp), or on pipes where that cannot work (logged)."
+    d = os.environ.get("IPYMINI_FD_DIR") or "/var/tmp"
+    try: return FdCapture(out, d, pace)
+    except (OSError, AttributeError) as e:
+        log.warning("fd capture: %s in %s: using pipes instead (C code holding the GIL can fill them, and C output can "
+            "come after Python's)", e, d)
+        return PipeCapture(out)
+
+def line_buffer_c_stdout():
+    "C's stdout buffers a file in blocks: make it line-buffered, so each printf line reaches fd 1 (and the cell) in order."
+    try:
+        ctypes,lib = libc()
+        lib.fflush(None)
+        lib.setvbuf(ctypes.c_void_p.in_dll(lib, "stdout"), None, 1, 0)  # 1: _IOLBF (glibc and musl)
+    except (OSError, ValueError, AttributeError) as e: log.warning("could not make C's stdout line-buffered: %s", e)
+
+# messages whose order against fd-level output does not matter: skip the look a drain costs
 undrained = {"execute_input", "comm_open", "comm_msg", "comm_close", "debug_event", "iopub_welcome", "shutdown_reply",
     "display_data", "update_display_data", "clear_output"}  # displays race fd output as in ipykernel; results, errors, idle do not
 
@@ -178,28 +338,30 @@ class Channels:
     def __init__(self, raw):
         self.raw = raw
         self.out = Output(raw)
-        self.fds = []
+        self.fds = None
 
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         if in_child[0]: return  # a forked child has no IOPub thread: its messages would wait forever (its text goes to the fds)
-        if msg_type not in undrained and content.get("execution_state") != "busy":
-            for f in self.fds: f.drain()  # before taking the output lock: a reader holds its own lock, then the output's
+        if self.fds is not None and msg_type not in undrained and content.get("execution_state") != "busy":
+            self.fds.before()  # before taking the output lock: a reader holds its own lock, then the output's
         with self.out.lock:  # the parent is found under the lock, as for stream text
             self.out.flush()
             self.raw(msg_type, content, parent or current_parent(), buffers, metadata)
 
     def flush(self):
-        for f in self.fds: f.drain()
+        if self.fds is not None: self.fds.before()
         self.out.flush()
 
-    def install(self, ip, capture_fds=True):
+    def install(self, ip, capture_fds=True, pace=None):
         "Route `sys.stdout`/`stderr`, fds 1 and 2, displays and results through this kernel (once, at start)."
         if capture_fds:
             sys.stdout.flush()
             sys.stderr.flush()
-            self.fds = [FdCapture(1, "stdout", self.out), FdCapture(2, "stderr", self.out)]
+            self.fds = fd_capture(self.out, pace)
+            line_buffer_c_stdout()
         sys.stdout,sys.stderr = Stream("stdout", self.out, 1),Stream("stderr", self.out, 2)
+        if isinstance(self.fds, FdCapture): sys.stdout.fds = sys.stderr.fds = self.fds
         ip.display_pub.send = ip.displayhook.send = self.pub
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures show inline, as in ipykernel
         os.register_at_fork(after_in_child=self.out.forget)

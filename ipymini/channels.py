@@ -30,6 +30,7 @@ class Outbox:
     "Items any thread queues for the one thread that owns a socket; a pipe in that thread's poller wakes it."
     def __init__(self, most=0):
         self.q,self.signalled,self.most,self.full,self.room = deque(),False,most,False,threading.Condition()
+        self.low = -1  # a `wait_below` waiter's mark
         self.r,self.w = os.pipe()
         os.set_blocking(self.r, False)
 
@@ -49,6 +50,7 @@ class Outbox:
             while self.q:
                 yield self.q.popleft()
                 if self.full and len(self.q) < self.most // 2: self.make_room()
+                elif len(self.q) <= self.low: self.wake()
             self.signalled = False
             if not self.q: return
             self.signalled = True
@@ -63,6 +65,17 @@ class Outbox:
         with self.room:
             self.full = False
             self.room.notify_all()
+
+    def wake(self):
+        with self.room: self.room.notify_all()
+
+    def wait_below(self, n):
+        "Pacing for a producer with a buffer of its own (fd capture's files): wait while more than `n` items are queued (1 s at most)."
+        if len(self.q) <= n: return
+        with self.room:
+            self.low = n
+            try: self.room.wait_for(lambda: len(self.q) <= n, timeout=1)
+            finally: self.low = -1
 
 class SockThread(threading.Thread):
     "A daemon thread that alone owns one socket: serves what arrives on it and sends what other threads queue."

@@ -439,7 +439,7 @@ class Kernel(KernelAPI):
         from .subshell import SubshellManager
         self.subs = SubshellManager(self)
         self.bridge = KernelBridge(self.ask, kernel=self)
-        self.ch.install(self.bridge.ip, capture_fds=env_flag("IPYMINI_CAPTURE_FDS", True))
+        self.ch.install(self.bridge.ip, capture_fds=env_flag("IPYMINI_CAPTURE_FDS", True), pace=self.iopub.outbox.wait_below)
         self.comm_manager = comms.install(self)
         libapi.install(self)
         from .guard import Watch
