@@ -257,9 +257,10 @@ class Guard:
         "Raise `cls` in `sub`'s cell: at its `await` if it awaits, else as an async exception in its thread; again past `again` bytes."
         t = sub.thread or threading.main_thread()
         self.stopped[sub] = t.ident,again,cls
+        # nothing from the wake-up to here lets go of the GIL: a cell between two GIL-holding fills would start the next one
+        if sub.sel.waiting: sub.loop.call_soon_threadsafe(self.throw, sub, cls)
+        else: ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
         if getattr(self, "efd", None) is not None and again < self.limit: self.threshold(again)  # so "again" wakes us, late or not
-        if sub.sel.waiting: return sub.loop.call_soon_threadsafe(self.throw, sub, cls)
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(cls))
 
     def throw(self, sub, cls):
         fut = getattr(sub.task, "_fut_waiter", None)  # as Subshell.throw: the future the cell awaits
