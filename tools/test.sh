@@ -13,8 +13,9 @@ flock /tmp/ipymini-apt.lock bash -c 'command -v Xvfb >/dev/null && command -v xw
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # uv puts the test set in from its cache in seconds (pip takes 30-90 s a venv, and its HTTP cache stays empty on this
-# machine), so the pip line after it only checks; where uv cannot be had, pip does it all
-"$VENV/bin/python" -m pip install -q uv && "$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python" -e ".[test]" ||
+# machine), so the pip line after it only checks; where uv cannot be had, pip does it all. Bytecode as pip writes it: with
+# PYTHONDONTWRITEBYTECODE=1 (set here) every kernel start would compile IPython again
+"$VENV/bin/python" -m pip install -q uv && "$VENV/bin/python" -m uv pip install -q --compile-bytecode --python "$VENV/bin/python" -e ".[test]" ||
   "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 "$VENV/bin/python" -m ipymini install --sys-prefix >/dev/null
