@@ -66,6 +66,7 @@ class Kernel(KernelAPI):
         self.handlers         = {o: getattr(self, o) for o in shell_msgs}
         self.control_handlers = {o: getattr(self, o) for o in shell_msgs + control_msgs}  # control takes shell's requests too
         self.waiting,self.debugger,self.bridge,self.introspector,self.exiting = {},None,None,Worker("introspect"),False
+        self.conn_file,self.watch = None,None  # the connection file's path (set by __main__): the death record is keyed on it
         self.once = threading.Lock()  # a reply (and an introspection's idle) is sent once, by whichever thread comes first
 
     def addr(self, port):
@@ -264,12 +265,16 @@ class Kernel(KernelAPI):
         c,sub = req.c,req.sub
         silent = c.get("silent", False)
         if not silent: self.ch.pub("execute_input", dict(code=c["code"], execution_count=self.bridge.count), parent=req.msg)
-        started = now()
+        if self.watch.note and not silent: self.ch.pub("stream", dict(name="stderr", text=self.watch.report()), parent=req.msg)  # why it died
+        started,count = now(),self.bridge.count
+        self.watch.begin(sub, count)
         sub.running = True
         try: res = await self.bridge.execute(c["code"], silent=silent, store_history=c.get("store_history", not silent),
             user_expressions=c.get("user_expressions"), allow_stdin=c.get("allow_stdin", False), cell_id=(req.msg["metadata"] or {}).get("cellId"))
         except KeyboardInterrupt as e: res,ki = None,e  # it landed in IPython's bookkeeping, not in the cell
-        finally: self.user_done(sub)
+        finally:
+            try: self.user_done(sub)
+            finally: self.watch.end(sub, count)
         with headroom():  # the reply goes out whatever recursion limit the cell left behind
             if res is None:
                 res = Result("error", self.bridge.count - 1, dict(ename="KeyboardInterrupt", evalue="", traceback=plain_tb(ki)))
@@ -409,6 +414,7 @@ class Kernel(KernelAPI):
         "Begin shutdown from any thread: stop every subshell; the main thread then cleans up and exits."
         if self.stopping.is_set(): return
         self.stopping.set()
+        if self.watch is not None: self.watch.forget()
         for s in self.subs.all() if self.subs else (): s.stop()
         t = threading.Timer(5, lambda: os._exit(0))  # a cell that ignores interrupts must not keep the process alive
         t.daemon = True
@@ -430,6 +436,8 @@ class Kernel(KernelAPI):
         self.ch.install(self.bridge.ip, capture_fds=env_flag("IPYMINI_CAPTURE_FDS", True))
         self.comm_manager = comms.install(self)
         libapi.install(self)
+        from .guard import Watch
+        self.watch = Watch(self, self.conn_file)  # the memory guard and the death report
         from .profile import init_profile
         init_profile(self.bridge.ip)
         self.ready.set()
@@ -477,6 +485,7 @@ class Kernel(KernelAPI):
         end_children()
         if (debug := sys.modules.get("ipymini.debug")) is not None: debug.cleanup()  # the cell files dumpCell wrote
         self.ch.flush()
+        if self.watch is not None: self.watch.close()
         for t in self.threads: t.stop()
         for t in self.threads: t.join(timeout=1)
         if self.conn.get("transport") == "ipc":  # the heartbeat's socket is never closed, so libzmq would leave its file
