@@ -75,6 +75,22 @@ def cut_kernel_frames(tb):
             return
         prev,tb = tb,tb.tb_next
 
+def shorten_tb(e, most=10_000, keep=100):
+    "Tracebacks in `e`'s chain over `most` frames keep `keep` at each end (IPython takes minutes on millions), with a note."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        tbs,tb = [],e.__traceback__
+        while tb is not None:
+            tbs.append(tb)
+            tb = tb.tb_next
+        if len(tbs) > most:
+            tbs[keep - 1].tb_next = tbs[-keep]
+            note = f"[ipymini: {len(tbs) - 2*keep:,} frames of this traceback's {len(tbs):,} omitted]"
+            try: e.add_note(note)
+            except (AttributeError, TypeError): e.__notes__ = [note]  # 3.10, or a __notes__ not a list: IPython shows it anyway
+        e = e.__cause__ or e.__context__
+
 class MiniShell(InteractiveShell):
     "An InteractiveShell that publishes through the kernel and keeps one execution count per subshell."
     kernel = Any(None)
@@ -113,10 +129,11 @@ class MiniShell(InteractiveShell):
         self.payload_manager.write_payload(dict(source="set_next_input", text=text, replace=replace))  # single: the last one wins
 
     def showtraceback(self, exc_tuple=None, *args, **kw):
-        """A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler that raised it.
+        """A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler; a huge one is shortened.
         A failing `_repr_html_` (any formatter but text/plain) goes to stderr: the object still shows as text, the cell is ok."""
-        etype,_,tb = exc_tuple or sys.exc_info()
+        etype,evalue,tb = exc_tuple or sys.exc_info()
         if etype is KeyboardInterrupt: cut_kernel_frames(tb)
+        shorten_tb(evalue)
         tok = ASIDE.set(optional_format(tb))
         try: return super().showtraceback(exc_tuple, *args, **kw)
         finally: ASIDE.reset(tok)

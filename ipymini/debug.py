@@ -152,8 +152,8 @@ def no_delay():
     if (w := getattr(get_global_debugger(), "writer", None)) is not None: w.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 def load_debugpy():
-    "Import debugpy (and so pydevd); sys.monitoring mode is turned off first, as it must be before pydevd loads."
-    os.environ["PYDEVD_USE_SYS_MONITORING"] = "0"
+    "Import debugpy (and so pydevd); sys.monitoring mode is off unless PYDEVD_USE_SYS_MONITORING says (read when pydevd loads)."
+    os.environ.setdefault("PYDEVD_USE_SYS_MONITORING", "0")  # settrace: see DEVLOG 2026-12-03 (3.14/3.15) for the cost and why
     import debugpy.server.api
     return debugpy
 

@@ -69,14 +69,17 @@ def test_no_matches(kc):
     assert c["status"] == "ok" and c["matches"] == []
     assert c["cursor_start"] == c["cursor_end"] == len("zzz_no_such_name_")
 
-def test_answered_while_a_cell_runs(kc):
-    """Completion and inspection are answered while `time.sleep(5)` runs. ipykernel queues them behind the cell, so a
-    front end's tab completion freezes until the cell ends; ipymini answers them on the shell thread at once."""
-    mid = kc.execute("import time; time.sleep(5)")
-    t0 = time.monotonic()
-    c = complete(kc, "alpha_b")
-    i = request(kc, "inspect_request", code="myfunc", cursor_pos=6, detail_level=0)["content"]
-    took = time.monotonic() - t0
+def test_answered_while_a_cell_runs(kc, tmp_path):
+    """Completion and inspection are answered while a cell blocks (reading a FIFO the test writes only afterwards). ipykernel
+    queues them behind the cell, so a front end's tab completion freezes until the cell ends; ipymini answers them at once."""
+    os.mkfifo(go := tmp_path / "go")
+    mid = kc.execute(f"open({str(go)!r}).read()")
+    try:
+        t0 = time.monotonic()
+        c = complete(kc, "alpha_b")
+        i = request(kc, "inspect_request", code="myfunc", cursor_pos=6, detail_level=0)["content"]
+        took = time.monotonic() - t0
+    finally: go.write_text("go")  # the cell ends
     assert c["matches"] == ["alpha_beta"] and i["found"]
     assert took < 2.5, f"replies took {took:.1f}s"
     assert shell_reply(kc, mid)["content"]["status"] == "ok"

@@ -1,7 +1,7 @@
 """GUI event loops (`%gui`, `%matplotlib qt|tk`) on a virtual X display (Xvfb): timers fire while the kernel is idle,
 windows paint and follow later cells, requests and interrupts are served with a window open, `%gui` stops the loop,
 shutdown is prompt. Pixels are read from the X server (`xwd`), so they are what a person would see."""
-import os, select, subprocess, time
+import os, select, subprocess, sys, time
 from contextlib import contextmanager
 import numpy as np, pytest
 from kutils import run, start_kernel, shell_reply, result, text, wait_msg, TIMEOUT
@@ -12,9 +12,18 @@ timers = dict(
     qt="from PyQt6 import QtCore\nticks = [0]\ntimer = QtCore.QTimer()\ntimer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))\ntimer.start(100)",
     tk="import tkinter\nticks = [0]\nroot = tkinter.Tk()\nroot.withdraw()\ndef tick():\n    ticks[0] += 1\n    root.after(100, tick)\nroot.after(100, tick)")
 
+def need(tk):
+    "Fail at once, saying what is missing, where this Python (the kernel's too) cannot import toolkit `tk`."
+    mod = dict(qt="PyQt6.QtWidgets", tk="tkinter")[tk]
+    try: return __import__(mod) and None
+    except ImportError as e: why = str(e)
+    pytest.fail(f"{sys.executable} cannot import {mod} ({why}); the {tk} tests need it: "
+        + ("a Python built with Tk (Debian: python3.N-tk; pyenv: build with tk-dev installed)" if tk == "tk" else "pip install PyQt6"), pytrace=False)
+
 @pytest.fixture(scope="module", params=["qt", "tk"])
 def gui(request, kernel_name):
     "`(toolkit, display, km, kc)`: an Xvfb of its own and a kernel that uses it."
+    need(request.param)
     with xvfb() as display, start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc): yield request.param,display,km,kc
 
 @contextmanager
@@ -125,6 +134,7 @@ def test_one_toolkit_at_a_time(gui):
 def test_shutdown_with_window_is_prompt(tk, kernel_name):
     """A kernel with a window open shuts down (process gone, window gone) within 3 s.
     ipykernel 7 with a Tk window open took the client's full 10 s here."""
+    need(tk)
     with xvfb("800x600x24") as display, start_kernel(kernel_name, env=dict(os.environ, DISPLAY=display)) as (km,kc):
         ok(kc, f"%matplotlib {tk}\nimport matplotlib.pyplot as plt\nfig = plt.figure(facecolor='#ff00ff')\nplt.show(block=False)")
         assert wait_pixels(display, 0xFF00FF) >= 2000

@@ -1,5 +1,5 @@
 "The protocol core: kernel_info, connect, execute and its IOPub order, errors, aborts, bad input, shutdown."
-import os, time, pytest, zmq
+import os, re, time, pytest, zmq
 from jupyter_client.session import Session
 from kutils import run, request, types, text, result, shell_reply, iopub_until_idle, start_kernel, TIMEOUT
 
@@ -48,6 +48,20 @@ def test_error_reply_and_traceback(kc):
     err = [m for m in outs if m["msg_type"] == "error"][0]["content"]
     assert err["ename"] == "ValueError" and any("boom" in l for l in err["traceback"])
     assert reply["traceback"] == err["traceback"]
+
+def test_huge_traceback_is_shortened(kc):
+    """An error 200,000 frames deep (a raised recursion limit, or 3.15's unchecked `f(*a, **k)` recursion, CPython gh-155151)
+    is answered within seconds, innermost frame shown, with a note of the frames left out. ipykernel has IPython format every
+    frame: ~10 s here, and minutes for the millions of frames an interrupted runaway recursion leaves."""
+    ok,_ = run(kc, "import sys, threading\nlim = sys.getrecursionlimit()\nsys.setrecursionlimit(300_000)\nthreading.stack_size(1 << 30)\n"
+        "def deep(n): return deep(n - 1) if n else 1/0\ndef keep():\n    global err\n    try: deep(200_000)\n    except ZeroDivisionError as e: err = e\n"
+        "t = threading.Thread(target=keep)\nt.start()\nt.join()\nthreading.stack_size(0)\nsys.setrecursionlimit(lim)")
+    assert ok["status"] == "ok", ok
+    t = time.monotonic()
+    reply,outs = run(kc, "raise err", timeout=15)
+    took,tb = time.monotonic() - t,re.sub(r"\x1b\[[0-9;]*m", "", "".join(reply["traceback"]))
+    assert reply["ename"] == "ZeroDivisionError" and "1/0" in tb and "omitted" in tb and took < 5, (took, tb[-2000:])
+    run(kc, "del err")
 
 def test_syntax_error(kc):
     reply,outs = run(kc, "def (:")

@@ -1,5 +1,5 @@
 "Subshells (JEP 91): lifecycle on control, concurrency, per-subshell counts, output parenting; async tasks across cells."
-import time, pytest
+import os, time, pytest
 from kutils import run, request, shell_reply, iopub_until_idle, start_kernel, types, text, wait_msg
 
 def create(kc): return request(kc, "create_subshell_request", "control")["content"]["subshell_id"]
@@ -53,15 +53,18 @@ def test_four_subshells_overlap(kc):
     finally:
         for s in sids: delete(kc, s)
 
-def test_subshell_runs_while_parent_busy(kc):
+def test_subshell_runs_while_parent_busy(kc, tmp_path):
     sid = create(kc)
+    os.mkfifo(go := tmp_path / "go")
     try:
-        busy = kc.execute("import time; time.sleep(3)")
+        busy = kc.execute(f"open({str(go)!r}).read()")  # the parent blocks until the test writes to the FIFO
         t = time.monotonic()
         reply = shell_reply(kc, execute(kc, "print('sub')", sid))["content"]
         assert reply["status"] == "ok" and time.monotonic() - t < 2.5
+    finally:
+        go.write_text("go")
         shell_reply(kc, busy)
-    finally: delete(kc, sid)
+        delete(kc, sid)
 
 def test_output_parented_to_subshell_request(kc):
     sid = create(kc)
@@ -121,13 +124,17 @@ def test_background_task_keeps_running(kc, request, kernel_name):
     outs = iopub_until_idle(kc, second)
     assert "".join(m["content"]["text"] for m in outs if m["msg_type"] == "stream") == "tick 0\ntick 1\ntick 2\n"
 
-def test_complete_while_cell_runs(kc):
-    "Completion is answered mid-cell, as a front end types; ipykernel 7 answers only after the 3 s cell ends."
-    busy = kc.execute("import time; time.sleep(3)")
+def test_complete_while_cell_runs(kc, tmp_path):
+    "Completion is answered mid-cell, as a front end types; ipykernel 7 answers only after the cell (blocked on a FIFO) ends."
+    os.mkfifo(go := tmp_path / "go")
+    busy = kc.execute(f"open({str(go)!r}).read()")
     time.sleep(0.3)
-    t = time.monotonic()
-    c = request(kc, "complete_request", code="import o", cursor_pos=8)["content"]
-    assert c["status"] == "ok" and "os" in c["matches"] and time.monotonic() - t < 2.5
+    try:
+        t = time.monotonic()
+        c = request(kc, "complete_request", code="import o", cursor_pos=8, timeout=5)["content"]
+        took = time.monotonic() - t
+    finally: go.write_text("go")
+    assert c["status"] == "ok" and "os" in c["matches"] and took < 2.5
     shell_reply(kc, busy)
 
 @pytest.mark.parametrize("where", ["parent", "subshell"])

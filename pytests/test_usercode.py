@@ -123,8 +123,10 @@ def test_interrupt_ends_debugger_prompt(kernel_name, kind, how):
 
 # --- 4. rebinding builtins, streams, hooks and library functions breaks cells, never the kernel
 
+# print_recurses goes through a C callable (partial) at each level, so every level enters the eval loop and its recursion check:
+# a lambda calling itself directly never raised RecursionError on 3.15 (`f(*a, **k)`, CPython gh-155151) nor 3.13.0 (`f(a)`)
 rebinds = dict(print_raises="import builtins; builtins.print = lambda *a, **k: 1/0", print_none="import builtins; builtins.print = None",
-    print_recurses="import builtins; builtins.print = lambda *a, **k: print(*a, **k)", streams_none="import sys; sys.stdout = sys.stderr = None",
+    print_recurses="import builtins, functools; builtins.print = functools.partial(lambda *a, **k: print(*a, **k))", streams_none="import sys; sys.stdout = sys.stderr = None",
     streams_other="import sys, io; sys.stdout = sys.stderr = io.StringIO()", json="import json; json.dumps = json.loads = lambda *a, **k: 1/0",
     hooks="import sys, threading; sys.excepthook = sys.displayhook = threading.excepthook = None",
     clock="import time; time.monotonic = time.time = time.perf_counter = lambda: 1.0",
