@@ -146,7 +146,11 @@ def test_rebinding_never_breaks_the_kernel(kernel_name, kind, tmp_path):
             ("inspect_request", dict(code="len", cursor_pos=3)), ("is_complete_request", dict(code="for"))]:
             assert request(kc, t, **kw)["content"]["status"] in ("ok", "error", "complete", "incomplete", "invalid")
         assert km.is_alive()
-        request(kc, "shutdown_request", "control", restart=False)
+        try: request(kc, "shutdown_request", "control", restart=False)
+        except Exception:  # the kernel's log says where it was stuck (a rare CI flake with streams_other, 2026-12-03)
+            os.kill(pid, signal.SIGUSR1)  # every thread's stack into the log
+            time.sleep(1)
+            pytest.fail(f"no shutdown_reply; kernel log:\n{(tmp_path / 'err.txt').read_text()[-6000:]}")
         assert gone(pid, 5)
 
 # --- 5. every request gets exactly one reply, whatever SIGINT handler user code installs
