@@ -21,3 +21,10 @@ def km(kernel): return kernel[0]
 
 @pytest.fixture
 def is_ipymini(kernel_name): return kernel_name == "ipymini"
+
+@pytest.fixture
+def differs(request, kernel_name):
+    "`differs(reason)`: this test is expected to fail on ipykernel, for `reason` (the docstring says why ipymini is right)."
+    def mark(reason):
+        if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    return mark

@@ -11,13 +11,6 @@ def kernel(kernel_name):
         run(kc, "import asyncio, threading, time")
         yield km,kc
 
-@pytest.fixture
-def differs(request, kernel_name):
-    "`differs(reason)`: this test is expected to fail on ipykernel, for `reason` (the docstring says why ipymini is right)."
-    def mark(reason):
-        if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-    return mark
-
 def collect(kc, mid, until=None, timeout=TIMEOUT):
     "Every IOPub message (any parent) until `mid` is idle and `until(messages)` holds."
     outs,end,idle = [],time.monotonic() + timeout,False

@@ -10,13 +10,6 @@ def clean_env(**kw):
     "The environment without pytest's marker (ipykernel turns its fd capture off when it sees it), plus `kw`."
     return {**{k: v for k,v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, **kw}
 
-@pytest.fixture
-def differs(request, kernel_name):
-    "`differs(reason)`: expected to fail on ipykernel, for `reason` (the docstring says why ipymini is right)."
-    def mark(reason):
-        if kernel_name != "ipymini": request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-    return mark
-
 # --- 1. one contextvars context per subshell
 
 setv = "import contextvars, decimal\nv = contextvars.ContextVar('v', default='default')\nv.set('set')\ndecimal.getcontext().prec = 5"
