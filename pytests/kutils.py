@@ -7,14 +7,23 @@ TIMEOUT = float(os.environ.get("IPYMINI_TEST_TIMEOUT", "30"))  # only turns a ha
 
 @contextmanager
 def start_kernel(name="ipymini", **kw):
-    "A started kernel and a ready client; both shut down afterwards."
-    km = KernelManager(kernel_name=name)
-    km.start_kernel(**kw)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        yield km,kc
+    """A started kernel and a ready client; both shut down afterwards. jupyter_client picks free ports and frees them before
+    the kernel binds, so with many kernels starting at once (CI runs two suites side by side) another process can take one
+    first and the kernel dies at bind ("Address already in use"): such a start is tried again with fresh ports, twice at most
+    (a kernel that dies at every start still fails)."""
+    for attempt in range(3):
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(**kw)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            break
+        except RuntimeError:  # "Kernel died before replying to kernel_info"
+            kc.stop_channels()
+            km.cleanup_resources()
+            if attempt == 2: raise
+    try: yield km,kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
