@@ -392,20 +392,22 @@ class Kernel(KernelAPI):
         self.unanswered(req, KeyboardInterrupt("interrupted"))
         self.idle_once(req)
 
-    def sigint_introspection(self):
-        "`stop_introspection` for SIGINT, on a thread of its own: the main thread may hold the lock a reply takes."
-        block_signals()
-        self.stop_introspection()
-
     def on_sigint(self, sig, frame):
-        "SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it."
+        """SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it.
+        A handler runs between any two bytecodes of the main thread, this one's included, so it takes no lock the main
+        thread could hold (a second SIGINT inside the first one's `Event.set` hung the kernel): it runs once at a time, and
+        a hung introspection is stopped from the relay's thread."""
         self.relay.handled()
-        if self.exiting: raise KeyboardInterrupt  # an atexit handler that hangs (see run_atexit)
-        if self.introspector.job: threading.Thread(target=self.sigint_introspection, daemon=True, name="ipymini-sigint").start()
-        if self.subs is None: return
-        for s in self.subs.subs.values(): s.interrupt()
-        if self.subs.parent.interrupt(): return
-        if self.subs.parent.running: raise KeyboardInterrupt
+        if self.in_sigint: return  # a second SIGINT while the first is handled: that one does the work
+        self.in_sigint = True
+        try:
+            if self.exiting: raise KeyboardInterrupt  # an atexit handler that hangs (see run_atexit)
+            if self.introspector.job: self.relay.post(signal.SIGINT)
+            if self.subs is None: return
+            for s in self.subs.subs.values(): s.interrupt()
+            if self.subs.parent.interrupt(): return
+            if self.subs.parent.running: raise KeyboardInterrupt
+        finally: self.in_sigint = False
 
     def dump_stacks(self, sig=None, frame=None):
         "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
@@ -433,7 +435,8 @@ class Kernel(KernelAPI):
         self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.dump_stacks}
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
         os.register_at_fork(after_in_child=self.forked)
-        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint)
+        self.in_sigint = False
+        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, self.stop_introspection)
         from . import comms, libapi
         from .bridge import KernelBridge
         from .subshell import SubshellManager

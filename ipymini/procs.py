@@ -1,5 +1,5 @@
 "The kernel as a process: its banner, resource usage, child processes, and the parent it must not outlive."
-import _imp, logging, os, signal, socket, sys, threading, time
+import _imp, logging, os, select, signal, socket, sys, threading, time
 from contextlib import contextmanager
 from io import open  # bound now: the shutdown path reads /proc with it, whatever user code makes of `builtins.open`
 
@@ -133,7 +133,6 @@ def watch_parent(kernel):
     except ValueError: return
     if ppid <= 1: return
     def wait():
-        import select
         try:
             fd = os.pidfd_open(ppid)
             select.select([fd], [], [])
@@ -147,10 +146,15 @@ class SignalRelay:
     """Signals write their number to a socket (`signal.set_wakeup_fd`). A thread reading it calls `wake()` (a toolkit loop on the
     main thread returns to Python, where handlers run) and hands a SIGINT that another thread took to the main thread: Qt's
     threads and user threads accept signals too, and then a `time.sleep` on the main thread would never be interrupted."""
-    def __init__(self, wake, ours):
-        self.wake,self.ours,self.ran,self.at = wake,ours,threading.Event(),0.0
+    def __init__(self, wake, ours, on_int):
+        self.wake,self.ours,self.on_int,self.at = wake,ours,on_int,0.0
         self.r,self.w = socket.socketpair()
         self.w.setblocking(False)
+        # `handled()` runs in a signal handler, which a second signal can interrupt at any bytecode: it must take no lock
+        # (a threading.Event here deadlocked the main thread when two SIGINTs came close together), so it writes to a pipe
+        self.ran_r,self.ran_w = os.pipe()
+        os.set_blocking(self.ran_r, False)
+        os.set_blocking(self.ran_w, False)
         self.install()
         threading.Thread(target=self.run, daemon=True, name="ipymini-signals").start()  # inherits the kernel threads' blocked mask
 
@@ -161,7 +165,13 @@ class SignalRelay:
     def handled(self):
         "Our SIGINT handler's first step: this signal reached the main thread."
         self.at = time.monotonic()
-        self.ran.set()
+        try: os.write(self.ran_w, b"!")
+        except BlockingIOError: pass  # the pipe is full of earlier marks: the relay sees it readable all the same
+
+    def post(self, sig):
+        "From a handler: have the relay's thread see `sig` (user code may have taken the wakeup fd); no lock is taken."
+        try: self.w.send(bytes([sig]))
+        except OSError: pass  # full: a byte already waits for the relay
 
     def run(self):
         done = 0.0  # when the previous batch was dealt with: a handler run since then answered this one
@@ -169,9 +179,13 @@ class SignalRelay:
             try: data = self.r.recv(256)
             except OSError: return
             self.wake()
+            if signal.SIGINT in data and self.ours():  # a complete/inspect that hangs is stopped from here
+                try: self.on_int()
+                except Exception: log.exception("stopping an introspection request")
             if signal.SIGINT in data and self.at <= done and self.ours():
-                self.ran.clear()
-                if self.at <= done and not self.ran.wait(0.05):  # not run on the main thread: another thread took the signal
+                try: os.read(self.ran_r, 4096)  # forget marks of handlers that ran before
+                except BlockingIOError: pass
+                if self.at <= done and not select.select([self.ran_r], [], [], 0.05)[0]:  # not run on the main thread: another thread took the signal
                     done = time.monotonic()
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # coalesces with the one still pending
                     continue

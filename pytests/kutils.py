@@ -23,8 +23,10 @@ def start_kernel(name="ipymini", **kw):
             kc.stop_channels()
             km.cleanup_resources()
             if attempt == 2: raise
+    live.append(km)
     try: yield km,kc
     finally:
+        live.remove(km)
         kc.stop_channels()
         km.shutdown_kernel(now=False)
 
@@ -43,6 +45,16 @@ def other_client(km):
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
     return kc
+
+live = []  # the kernels start_kernel has running
+
+def dump_stacks():
+    "A reply that does not come: every live kernel writes its threads' stacks to its stderr (SIGUSR1), which pytest shows."
+    for km in live:
+        if "ipymini" not in " ".join(km.kernel_spec.argv): continue  # SIGUSR1 would end another kernel
+        try: os.kill(km.provisioner.process.pid, signal.SIGUSR1)
+        except (AttributeError, OSError): pass
+    if live: time.sleep(1)
 
 def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
     "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped); others are kept for their own callers."
@@ -64,7 +76,10 @@ def shell_reply(kc, msg_id, timeout=TIMEOUT):
     if msg_id in early: return early.pop(msg_id)
     end = time.monotonic() + timeout
     while True:
-        m = kc.get_shell_msg(timeout=max(0.01, end - time.monotonic()))
+        try: m = kc.get_shell_msg(timeout=max(0.01, end - time.monotonic()))
+        except queue.Empty:
+            dump_stacks()
+            raise
         if m["parent_header"].get("msg_id") == msg_id: return m
         early[m["parent_header"].get("msg_id")] = m
 

@@ -74,3 +74,21 @@ def test_sigint_taken_by_another_thread(kc):
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - t0 < 10
     assert run(kc, "1+1")[0]["status"] == "ok"
+
+def test_sigint_storm(kc, km):
+    """SIGINTs sent back to back (a user holding Ctrl-C, a script's retry loop): a handler runs between any two bytecodes,
+    inside an earlier handler too, so one that takes a lock hangs the kernel for good. Each round ends the cell with an
+    error reply and the kernel answers the next request. ipykernel fails this: a SIGINT lands in its own loop ("KeyboardInterrupt
+    caught in kernel") and the interrupted cell never gets a reply."""
+    import os, signal
+    pid = km.provisioner.process.pid
+    for _ in range(5):
+        mid = kc.execute("import time\nwhile True: time.sleep(0.001)")
+        started(kc, mid)
+        for i in range(2000):
+            os.kill(pid, signal.SIGINT)
+            time.sleep(i % 7 * 0.00003)  # paced unevenly, so some land inside the handler of the one before
+        assert shell_reply(kc, mid)["content"]["status"] == "error"
+        iopub_until_idle(kc, mid)
+        time.sleep(0.1)  # let signals still in flight land while idle
+        assert run(kc, "1+1")[0]["status"] == "ok"
