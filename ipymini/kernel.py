@@ -396,7 +396,7 @@ class Kernel(KernelAPI):
         """SIGINT: stop the running cell (and any subshell's); an idle or still-starting kernel ignores it.
         A handler runs between any two bytecodes of the main thread, this one's included, so it takes no lock the main
         thread could hold (a second SIGINT inside the first one's `Event.set` hung the kernel): it runs once at a time, and
-        a hung introspection is stopped from the relay's thread."""
+        a hung introspection is stopped from the relay's thread (as SIGTERM's shutdown is)."""
         self.relay.handled()
         if self.in_sigint: return  # a second SIGINT while the first is handled: that one does the work
         self.in_sigint = True
@@ -436,7 +436,7 @@ class Kernel(KernelAPI):
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
         os.register_at_fork(after_in_child=self.forked)
         self.in_sigint = False
-        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, self.stop_introspection)
+        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, {signal.SIGINT: self.stop_introspection, signal.SIGTERM: self.stop})
         from . import comms, libapi
         from .bridge import KernelBridge
         from .subshell import SubshellManager
@@ -456,7 +456,7 @@ class Kernel(KernelAPI):
         self.subs.parent.run()
         self.finish()
 
-    def on_sigterm(self, sig, frame): self.stop()
+    def on_sigterm(self, sig, frame): self.relay.post(signal.SIGTERM)  # stop() takes locks: it runs on the relay's thread
     def wake_main(self):
         "Wake the main thread's loop (a no-op callback), so a toolkit loop running in its wait returns and signal handlers run."
         if self.subs is None: return

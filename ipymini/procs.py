@@ -146,8 +146,8 @@ class SignalRelay:
     """Signals write their number to a socket (`signal.set_wakeup_fd`). A thread reading it calls `wake()` (a toolkit loop on the
     main thread returns to Python, where handlers run) and hands a SIGINT that another thread took to the main thread: Qt's
     threads and user threads accept signals too, and then a `time.sleep` on the main thread would never be interrupted."""
-    def __init__(self, wake, ours, on_int):
-        self.wake,self.ours,self.on_int,self.at = wake,ours,on_int,0.0
+    def __init__(self, wake, ours, posted):
+        self.wake,self.ours,self.posted,self.at = wake,ours,posted,0.0  # `posted`: {signum: what this thread does for it}
         self.r,self.w = socket.socketpair()
         self.w.setblocking(False)
         # `handled()` runs in a signal handler, which a second signal can interrupt at any bytecode: it must take no lock
@@ -169,8 +169,8 @@ class SignalRelay:
         except BlockingIOError: pass  # the pipe is full of earlier marks: the relay sees it readable all the same
 
     def post(self, sig):
-        "From a handler: have the relay's thread see `sig` (user code may have taken the wakeup fd); no lock is taken."
-        try: self.w.send(bytes([sig]))
+        "From a handler: have the relay's thread do `posted[sig]` (work that takes locks); 128 + sig tells it from the wakeup fd's bytes."
+        try: self.w.send(bytes([128 + sig]))
         except OSError: pass  # full: a byte already waits for the relay
 
     def run(self):
@@ -179,9 +179,10 @@ class SignalRelay:
             try: data = self.r.recv(256)
             except OSError: return
             self.wake()
-            if signal.SIGINT in data and self.ours():  # a complete/inspect that hangs is stopped from here
-                try: self.on_int()
-                except Exception: log.exception("stopping an introspection request")
+            for sig,fn in self.posted.items():
+                if 128 + sig in data:
+                    try: fn()
+                    except Exception: log.exception("handling signal %d", sig)
             if signal.SIGINT in data and self.at <= done and self.ours():
                 try: os.read(self.ran_r, 4096)  # forget marks of handlers that ran before
                 except BlockingIOError: pass
