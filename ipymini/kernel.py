@@ -9,7 +9,7 @@ from .capture import Channels, current_parent
 from .channels import IOPub, REPLY_HWM, SockThread, Worker, block_signals, curve_keys
 from .libapi import APISession, IOPubSocket, KernelAPI
 from .session import DELIM, now
-from .procs import SignalRelay, banner, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
+from .procs import SignalRelay, banner, forked as is_child, end_children, env_flag, headroom, plain_tb, release_import_lock, safe_str, usage, watch_parent
 
 log = logging.getLogger("ipymini")
 unanswerable = object()  # the answer to an input_request no client can get
@@ -397,6 +397,7 @@ class Kernel(KernelAPI):
         A handler runs between any two bytecodes of the main thread, this one's included, so it takes no lock the main
         thread could hold (a second SIGINT inside the first one's `Event.set` hung the kernel): it runs once at a time, and
         a hung introspection is stopped from the relay's thread (as SIGTERM's shutdown is)."""
+        if is_child(): raise KeyboardInterrupt  # a child of user code, before `forked` resets its handlers: Python's default
         self.relay.handled()
         if self.in_sigint: return  # a second SIGINT while the first is handled: that one does the work
         self.in_sigint = True
@@ -456,7 +457,12 @@ class Kernel(KernelAPI):
         self.subs.parent.run()
         self.finish()
 
-    def on_sigterm(self, sig, frame): self.relay.post(signal.SIGTERM)  # stop() takes locks: it runs on the relay's thread
+    def on_sigterm(self, sig, frame):
+        "SIGTERM: shut down. stop() takes locks, so it runs on the relay's thread; in a child of user code it ends the child."
+        if not is_child(): return self.relay.post(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a fresh Python's: the child dies of it, rather than stopping the parent
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def wake_main(self):
         "Wake the main thread's loop (a no-op callback), so a toolkit loop running in its wait returns and signal handlers run."
         if self.subs is None: return
