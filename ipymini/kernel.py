@@ -410,7 +410,10 @@ class Kernel(KernelAPI):
             if self.subs.parent.running: raise KeyboardInterrupt
         finally: self.in_sigint = False
 
-    def dump_stacks(self, sig=None, frame=None):
+    def on_sigusr1(self, sig, frame):
+        if not is_child(): self.relay.post(signal.SIGUSR1)  # the dump takes locks: the relay's thread does it
+
+    def dump_stacks(self):
         "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
         import traceback
         names = {t.ident: t.name for t in threading.enumerate()}
@@ -433,11 +436,12 @@ class Kernel(KernelAPI):
     def start(self):
         "Sockets first, so the first kernel_info is answered while IPython loads; then the shell; then serve on this thread."
         self.start_sockets()
-        self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.dump_stacks}
+        self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.on_sigusr1}
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
         os.register_at_fork(after_in_child=self.forked)
         self.in_sigint = False
-        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, {signal.SIGINT: self.stop_introspection, signal.SIGTERM: self.stop})
+        posted = {signal.SIGINT: self.stop_introspection, signal.SIGTERM: self.stop, signal.SIGUSR1: self.dump_stacks}
+        self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, posted)
         from . import comms, libapi
         from .bridge import KernelBridge
         from .subshell import SubshellManager
