@@ -1,5 +1,5 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import codecs, io, logging, os, re, sys, threading
+import codecs, io, logging, os, re, signal, sys, threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from os import pread, read, write
@@ -206,7 +206,7 @@ class FdCapture:
     """Point fds 1 and 2 at unlinked files, which never block a writer (C holding the GIL, children, threads); one thread,
     woken by inotify (no polling), forwards what is written there as stream text and punches out what it has read.
     Python text must not overtake fd output written before it, and asking the OS before each print would slow `print` by
-    a third: the inotify fd raises SIGIO at the main thread when its queue gets an event, and the handler counts it, so a
+    a third: the inotify fd raises SIGURG at the main thread when its queue gets an event, and the handler counts it, so a
     print on the main thread looks at a counter (`sigs` against `seen`); other threads ask epoll."""
     def __init__(self, out, d, pace=None):
         _,lib = libc()
@@ -227,17 +227,29 @@ class FdCapture:
         threading.Thread(target=self.run, daemon=True, name="ipymini-fds").start()
 
     def signal_main(self):
-        "SIGIO at the main thread (F_SETOWN_EX to its tid) for each new inotify event; without it every print asks epoll."
-        import fcntl, signal, struct
+        """A signal at the main thread (F_SETOWN_EX to its tid) for each new inotify event; without it every print asks epoll.
+        SIGURG (F_SETSIG), not SIGIO: its default action is to ignore, so a cell that resets every handler to SIG_DFL loses
+        only the order of its own prints against fd output (until the cell ends), where SIGIO's default would kill the kernel."""
+        import fcntl, struct
         try:
-            signal.signal(signal.SIGIO, self.on_sigio)
-            signal.siginterrupt(signal.SIGIO, False)  # SA_RESTART: C code in a blocking call rarely sees EINTR for it
+            self.own_signal()
             fcntl.fcntl(self.ino, 15, struct.pack("ii", 0, threading.get_native_id()))  # F_SETOWN_EX, F_OWNER_TID
+            fcntl.fcntl(self.ino, 10, signal.SIGURG)  # F_SETSIG
             fcntl.fcntl(self.ino, fcntl.F_SETFL, fcntl.fcntl(self.ino, fcntl.F_GETFL) | os.O_ASYNC)
             self.main = threading.get_ident()
-        except (OSError, ValueError, AttributeError) as e: log.warning("fd capture: no SIGIO (%s): prints ask epoll for fd output", e)
+        except (OSError, ValueError, AttributeError) as e: log.warning("fd capture: no SIGURG (%s): prints ask epoll for fd output", e)
 
-    def on_sigio(self, sig, frame): self.sigs += 1
+    def own_signal(self):
+        "Ours again (main thread only, after a cell that replaced it)."
+        if signal.getsignal(signal.SIGURG) != self.on_signal:
+            signal.signal(signal.SIGURG, self.on_signal)
+            signal.siginterrupt(signal.SIGURG, False)  # SA_RESTART: C code in a blocking call rarely sees EINTR for it
+
+    def restore(self):
+        "After a cell: our SIGURG handler is back, if the cell replaced it."
+        if self.main is not None: self.own_signal()
+
+    def on_signal(self, sig, frame): self.sigs += 1
 
     def run(self):
         while True:
@@ -256,7 +268,7 @@ class FdCapture:
                 if always or self.poll(0):
                     opened = self.reopened()
                     for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
-            finally: self.owner,self.seen = None,sigs  # a SIGIO after `sigs` was read makes the next print look again
+            finally: self.owner,self.seen = None,sigs  # a signal after `sigs` was read makes the next print look again
 
     def before(self):
         "Python text or a message is about to be queued: first forward fd output written before it (free on the main thread)."
@@ -311,6 +323,7 @@ class PipeCapture:
     def drain(self):
         for p in self.pipes: p.drain()
     before = drain
+    def restore(self): pass  # no signal to restore
 
 def fd_capture(out, pace=None):
     "fd 1/2 capture on unlinked files in IPYMINI_FD_DIR (default /var/tmp), or on pipes where that cannot work (logged)."
@@ -343,8 +356,11 @@ class Channels:
     def pub(self, msg_type, content, buffers=None, parent=None, metadata=None):
         "Publish a non-stream message for the current request, after the stream text (and fd output) written before it."
         if in_child[0]: return  # a forked child has no IOPub thread: its messages would wait forever (its text goes to the fds)
-        if self.fds is not None and msg_type not in undrained and content.get("execution_state") != "busy":
-            self.fds.before()  # before taking the output lock: a reader holds its own lock, then the output's
+        if self.fds is not None and msg_type not in undrained and (state := content.get("execution_state")) != "busy":
+            # before taking the output lock: a reader holds its own lock, then the output's. Idle asks epoll whatever the
+            # signal counter says: a cell may have reset or taken SIGURG, and no fd output may come after its idle
+            if state == "idle": self.fds.drain()
+            else: self.fds.before()
         with self.out.lock:  # the parent is found under the lock, as for stream text
             self.out.flush()
             self.raw(msg_type, content, parent or current_parent(), buffers, metadata)

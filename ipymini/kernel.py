@@ -305,10 +305,11 @@ class Kernel(KernelAPI):
         req.reply(status="error", execution_count=self.bridge.count - 1, user_expressions={}, payload=[], **err)
 
     def user_done(self, sub):
-        "User code has left the stack: the kernel's own SIGINT handler is back if the cell replaced it."
+        "User code has left the stack: the kernel's own SIGINT (and SIGURG) handler is back if the cell replaced it."
         sub.running = False
         if sub is not self.subs.parent: return
         if signal.getsignal(signal.SIGINT) != self.on_sigint: signal.signal(signal.SIGINT, self.on_sigint)
+        if self.ch.fds is not None: self.ch.fds.restore()  # fd capture's SIGURG, likewise
         self.relay.install()
 
     def abort(self, req):

@@ -118,6 +118,22 @@ def test_mixed_order(kernel_name, request):
             reply,_ = collect(kc, kc.execute(code), on_msg=lambda m: m["msg_type"] == "stream" and msgs.append((m["content"]["name"], m["content"]["text"])))
             assert reply["status"] == "ok" and pieces(msgs) == want
 
+def test_cell_resets_every_signal(kernel_name, request):
+    """A cell that sets every signal it may to SIG_DFL (daemonizing code, a test harness) and then writes from C: the kernel
+    lives on and the output arrives; the next cell's C and Python lines keep their order again (the kernel's handlers are back).
+    ipykernel passes the first part; its C lines come last in the second (as in `test_mixed_order`)."""
+    xfail_ipykernel(request, kernel_name, "C's stdout buffers ipykernel's pipe in blocks: printf's lines come last")
+    reset = ("import signal, ctypes\nfor s in signal.valid_signals():\n    try: signal.signal(s, signal.SIG_DFL)\n"
+        "    except (OSError, ValueError, RuntimeError): pass\nlibc = ctypes.CDLL(None)\nlibc.write(1, b'raw\\n', 4)\nprint('py')")
+    mixed = "for i in range(3):\n    print(f'P{i}')\n    libc.printf(b'C%d\\n', i)"
+    with fresh(kernel_name) as (km,kc):
+        reply,got = collect(kc, kc.execute(reset))
+        assert reply["status"] == "ok" and sorted(got["stdout"].splitlines()) == ["py", "raw"]
+        msgs = []
+        reply,_ = collect(kc, kc.execute(mixed), on_msg=lambda m: m["msg_type"] == "stream" and msgs.append((m["content"]["name"], m["content"]["text"])))
+        assert reply["status"] == "ok" and pieces(msgs) == [("stdout", x) for i in range(3) for x in (f"P{i}", f"C{i}")]
+        healthy(kc)
+
 def test_printf_then_result(kernel_name):
     "printf's line comes before the cell's result and before idle, with no flush by hand."
     with fresh(kernel_name) as (km,kc):
