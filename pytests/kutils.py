@@ -56,12 +56,20 @@ def dump_stacks():
         except (AttributeError, OSError): pass
     if live: time.sleep(1)
 
+def next_msg(get, end, dump=True):
+    """`get` (a client's get_*_msg) with the time left until `end`; one that never comes shows the kernels' stacks first
+    (`dump=False` for a caller that polls with short timeouts)."""
+    try: return get(timeout=max(0.01, end - time.monotonic()))
+    except queue.Empty:
+        if dump: dump_stacks()
+        raise
+
 def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
     "IOPub messages parented to `msg_id` up to its idle status (busy and idle dropped); others are kept for their own callers."
     stash = kc.__dict__.setdefault("iopub_stash", {})
     outs,end,early = [],time.monotonic() + timeout,stash.pop(msg_id, [])
     while True:
-        m = early.pop(0) if early else kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
+        m = early.pop(0) if early else next_msg(kc.get_iopub_msg, end)
         if (pid := m["parent_header"].get("msg_id")) != msg_id:
             stash.setdefault(pid, []).append(m)
             continue
@@ -70,16 +78,13 @@ def iopub_until_idle(kc, msg_id, timeout=TIMEOUT):
             continue
         outs.append(m)
 
-def shell_reply(kc, msg_id, timeout=TIMEOUT):
+def shell_reply(kc, msg_id, timeout=TIMEOUT, dump=True):
     "The shell reply to `msg_id`; replies to other requests that arrive first are kept for their own callers."
     early = kc.__dict__.setdefault("early_replies", {})
     if msg_id in early: return early.pop(msg_id)
     end = time.monotonic() + timeout
     while True:
-        try: m = kc.get_shell_msg(timeout=max(0.01, end - time.monotonic()))
-        except queue.Empty:
-            dump_stacks()
-            raise
+        m = next_msg(kc.get_shell_msg, end, dump)
         if m["parent_header"].get("msg_id") == msg_id: return m
         early[m["parent_header"].get("msg_id")] = m
 
@@ -149,5 +154,5 @@ def wait_msg(kc, pred, timeout=TIMEOUT):
             if pred(m): return msgs.pop(i)
     end = time.monotonic() + timeout
     while True:
-        m = kc.get_iopub_msg(timeout=max(0.01, end - time.monotonic()))
+        m = next_msg(kc.get_iopub_msg, end)
         if pred(m): return m

@@ -99,7 +99,7 @@ def guarded(caged, code, sid=None, timeout=20):
     "`run`, failing at once if the kernel dies meanwhile (the OOM killer) rather than when the timeout ends."
     mid,end = execute(caged.kc, code, sid),time.monotonic() + timeout
     while True:
-        try: return shell_reply(caged.kc, mid, 0.5)["content"],iopub_until_idle(caged.kc, mid)
+        try: return shell_reply(caged.kc, mid, 0.5, dump=False)["content"],iopub_until_idle(caged.kc, mid)
         except queue.Empty:
             if gone(caged.pid, 0.01): pytest.fail("the kernel died")
             if time.monotonic() > end: raise
