@@ -1,5 +1,5 @@
 "Where output goes: per-request stdout/stderr, fd-level capture, and the ContextVars that say which request is running."
-import codecs, io, logging, os, re, signal, sys, threading
+import codecs, fcntl, io, logging, os, re, signal, struct, sys, threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from os import pread, read, write
@@ -144,8 +144,12 @@ class Stream(io.TextIOBase):
     def writelines(self, lines):
         for l in lines: self.write(l)
 
-IN_MODIFY,IN_OPEN,IN_Q_OVERFLOW,PUNCH = 0x2,0x20,0x4000,0x3  # PUNCH: FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE
+IN_MODIFY,IN_CLOSE,IN_OPEN,IN_Q_OVERFLOW,PUNCH = 0x2,0x18,0x20,0x4000,0x3  # PUNCH: FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE
 CHUNK,FREE_AT,AHEAD,TAIL = FLUSH_SIZE,1<<20,4,64
+RETAKE = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # s: a lease not taken back is tried again then
+F_SETSIG,F_SETOWN_EX,F_SETLEASE,F_GETLEASE,F_WRLCK,F_UNLCK = 10,15,1024,1025,1,2
+LOST = ("[ipymini: a process reopened {} (`> /dev/{}`) while the kernel held no lease on it; output written just before "
+    "that may be lost]\n")
 
 def libc():
     import ctypes
@@ -165,16 +169,19 @@ def tmpfile(d):
     "A file in `d` with no name (O_TMPFILE, else made and unlinked at once), open for appending: every writer adds at its end."
     try: return os.open(d, os.O_TMPFILE | os.O_RDWR | os.O_APPEND, 0o600)
     except (OSError, AttributeError): pass
-    import fcntl, tempfile
+    import tempfile
     f,path = tempfile.mkstemp(dir=d, prefix="ipymini-fd")
     os.unlink(path)
     fcntl.fcntl(f, fcntl.F_SETFL, fcntl.fcntl(f, fcntl.F_GETFL) | os.O_APPEND)
     return f
 
 class FdFile:
-    "One captured fd: the unlinked file behind it, how far it is forwarded and freed, and a decoder that keeps split characters whole."
+    """One captured fd: the unlinked file behind it, how far it is forwarded and freed, and a decoder that keeps split characters
+    whole. A write lease on the file (held while `leased`) makes another open of it (a child's `> /dev/stdout`, which would
+    truncate it) wait until the kernel has forwarded everything and let go."""
     def __init__(self, fd, name, d, lib):
         self.fd,self.name,self.lib,self.off,self.freed,self.tail,self.wd = fd,name,lib,0,0,b"",None
+        self.leased,self.announced,self.noticed = False,0,None  # `announced`: opens let through, their IN_OPEN not yet seen
         self.decode = codecs.getincrementaldecoder("utf-8")("replace").decode
         self.f = tmpfile(d)
         checked(lib.fallocate(self.f, PUNCH, 0, 4096))  # no hole punching here (EOPNOTSUPP): the file would only grow
@@ -183,15 +190,30 @@ class FdFile:
         self.saved = os.dup(self.fd)
         os.dup2(self.f, self.fd)  # fd 1/2 share the file's description (and its O_APPEND); children inherit it
 
-    def truncated(self, end, reopened) -> bool:
-        "Did a reopen (a child's `> /dev/stdout`) truncate the file? Then it is shorter, or no longer holds the last bytes read."
-        return end < self.off or reopened and pread(self.f, len(self.tail), self.off - len(self.tail)) != self.tail
+    def opened(self, evs):
+        """The opens among events `evs` ((watch, mask) in order): how many, and whether one of them no lease held back
+        (`announced` counts the opens let through; an open racing a lease being taken can pass it too)."""
+        n = sum(1 for wd,mask in evs if wd == self.wd and mask & IN_OPEN)
+        risky = n > self.announced or any(wd == -1 for wd,_ in evs)  # -1: the queue overflowed, events were lost
+        self.announced = max(0, self.announced - n)
+        return n,risky
 
-    def forward(self, out, pace, reopened=False):
+    def truncated(self, end, reopened) -> bool:
+        """Did a reopen (a child's `> /dev/stdout`) truncate the file? Then it is shorter, or no longer holds the last bytes read.
+        Looked at before reading on too (`end` past `off`): the open's IN_OPEN can come after what the opener wrote."""
+        return end < self.off or (reopened or end > self.off) and pread(self.f, len(self.tail), self.off - len(self.tail)) != self.tail
+
+    def forward(self, out, pace, opens=0, risky=False):
         """Send on what was written since the last look, a message at a time with at most `AHEAD` queued for IOPub (the file
         holds the rest, so memory stays bounded); free what was read, a MiB at a time (the file is sparse), all but its tail."""
         end = os.fstat(self.f).st_size
-        if self.truncated(end, reopened): self.off,self.freed,self.tail = 0,0,b""  # what it held unread is gone: start over
+        cut = self.truncated(end, opens)
+        # an open no lease held back may have wiped output not yet read (the file may have been read after such an open, so a
+        # cut need not show): say so, once a cell
+        if risky and self.noticed is not main_parent[0]:
+            self.noticed = main_parent[0]
+            out.write("stderr", LOST.format(self.name, self.name), self.noticed)
+        if cut: self.off,self.freed,self.tail = 0,0,b""  # what it held unread is gone: start over
         while self.off < end:
             data = pread(self.f, min(end - self.off, CHUNK), self.off)
             if not data: break
@@ -202,19 +224,39 @@ class FdFile:
             self.lib.fallocate(self.f, PUNCH, self.freed, cut - self.freed)
             self.freed = cut
 
+    def take(self, tid) -> bool:
+        "Hold a write lease (its break signalled as SIGURG to thread `tid`); False while another open of the file is live."
+        fcntl.fcntl(self.f, F_SETSIG, signal.SIGURG)  # set again each time: letting go clears them (and SIGIO would kill)
+        fcntl.fcntl(self.f, F_SETOWN_EX, struct.pack("ii", 0, tid))  # F_OWNER_TID
+        try: fcntl.fcntl(self.f, F_SETLEASE, F_WRLCK)
+        except BlockingIOError: return False  # another open of it is live
+        self.leased = True
+        return True
+
+    def let_go(self, out, pace):
+        "Another open waits for the lease: forward the rest, blank what was read (so a rewrite shows), and release it."
+        self.forward(out, pace)
+        if self.off > self.freed: self.lib.fallocate(self.f, PUNCH, self.freed, self.off - self.freed)
+        self.freed,self.tail = self.off,bytes(min(TAIL, self.off))
+        self.announced += 1  # first: `on_signal` takes a lease back where none is held and no open is awaited
+        fcntl.fcntl(self.f, F_SETLEASE, F_UNLCK)
+        self.leased = False
+
 class FdCapture:
     """Point fds 1 and 2 at unlinked files, which never block a writer (C holding the GIL, children, threads); one thread,
     woken by inotify (no polling), forwards what is written there as stream text and punches out what it has read.
     Python text must not overtake fd output written before it, and asking the OS before each print would slow `print` by
     a third: the inotify fd raises SIGURG at the main thread when its queue gets an event, and the handler counts it, so a
-    print on the main thread looks at a counter (`sigs` against `seen`); other threads ask epoll."""
+    print on the main thread looks at a counter (`sigs` against `seen`); other threads ask epoll. The reader thread also holds
+    a write lease on each file (see `FdFile`), whose break reaches it as SIGURG through a signalfd."""
     def __init__(self, out, d, pace=None):
         _,lib = libc()
         self.out,self.pace,self.lock,self.owner,self.sigs,self.seen,self.main = out,pace,threading.Lock(),None,0,0,None
+        self.tid = None  # the reader thread's, once it holds the leases
         self.ino = checked(lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
         try:
             self.files = [FdFile(fd, name, d, lib) for fd,name in ((1, "stdout"), (2, "stderr"))]
-            for f in self.files: f.wd = checked(lib.inotify_add_watch(self.ino, f"/proc/self/fd/{f.f}".encode(), IN_MODIFY | IN_OPEN))
+            for f in self.files: f.wd = checked(lib.inotify_add_watch(self.ino, f"/proc/self/fd/{f.f}".encode(), IN_MODIFY | IN_OPEN | IN_CLOSE))
         except BaseException:
             for f in getattr(self, "files", []): os.close(f.f)
             os.close(self.ino)
@@ -230,7 +272,6 @@ class FdCapture:
         """A signal at the main thread (F_SETOWN_EX to its tid) for each new inotify event; without it every print asks epoll.
         SIGURG (F_SETSIG), not SIGIO: its default action is to ignore, so a cell that resets every handler to SIG_DFL loses
         only the order of its own prints against fd output (until the cell ends), where SIGIO's default would kill the kernel."""
-        import fcntl, struct
         try:
             self.own_signal()
             fcntl.fcntl(self.ino, 15, struct.pack("ii", 0, threading.get_native_id()))  # F_SETOWN_EX, F_OWNER_TID
@@ -249,42 +290,100 @@ class FdCapture:
         "After a cell: our SIGURG handler is back, if the cell replaced it."
         if self.main is not None: self.own_signal()
 
-    def on_signal(self, sig, frame): self.sigs += 1
+    def on_signal(self, sig, frame):
+        self.sigs += 1
+        if self.tid is not None and not in_child[0]:  # a lease let go of, taken back at the first bytecode after the close (a
+            for f in self.files:  # cell's `os.system` returns): the reader may wait ms for the GIL, and the next open can come sooner
+                if not f.leased and not f.announced: f.take(self.tid)
 
     def run(self):
+        ep,sfd = epoll(),self.lease()  # its own epoll: a signalfd is ready only for the thread that waits on it
+        ep.register(self.ino, EPOLLIN)
+        if sfd is not None: ep.register(sfd, EPOLLIN)
+        k = 0
         while True:
-            try: self.poll()  # blocks, without the GIL, until a write; takes nothing off the queue
+            # blocks, without the GIL, until a write or a lease break (takes nothing off the queue); while a lease waits to be
+            # taken back, at most RETAKE[k]: the opener's file is released a moment after its IN_CLOSE, and that close's wake-up
+            # of this thread can preempt the opener right in between (spinning here then only delays it)
+            wait = RETAKE[k] if k < len(RETAKE) and self.wanting() else None
+            try: ready = ep.poll(wait)
             except (OSError, ValueError): return
-            try: self.drain(True)
+            k = 0 if ready else k + 1
+            try:
+                if broken := sfd is not None and any(fd == sfd for fd,_ in ready): read(sfd, 4096)
+                self.drain(True, broken)
             except Exception: log.exception("fd capture: forwarding failed")  # the thread must live on, or fd output would pile up unseen
 
-    def drain(self, always=False):
+    def lease(self):
+        "In the reader thread: SIGURG blocked here and read from a signalfd, and a write lease on each file; None where leases fail."
+        sfd = None
+        with self.lock:
+            try:
+                ctypes,lib = libc()
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGURG})  # a break signalled here waits for the signalfd
+                mask = (ctypes.c_ubyte * 128)()
+                lib.sigemptyset(mask)
+                lib.sigaddset(mask, signal.SIGURG)
+                sfd = checked(lib.signalfd(-1, mask, os.O_NONBLOCK | os.O_CLOEXEC))
+                for f in self.files: f.take(threading.get_native_id())
+                self.tid = threading.get_native_id()
+                return sfd
+            except (OSError, AttributeError) as e:  # e.g. a file system without leases
+                self.let_all_go()
+                if sfd is not None: os.close(sfd)
+                log.warning("fd capture: no write leases (%s): a child's `> /dev/stdout` can wipe output not yet read", e)
+
+    def let_all_go(self):
+        "No leases from now on (at shutdown: a child outliving the kernel must not wait on one at its next open of fd 1/2)."
+        self.tid = None
+        for f in self.files:
+            if f.leased: fcntl.fcntl(f.f, F_SETLEASE, F_UNLCK)
+            f.leased = False
+
+    def drain(self, always=False, broken=False):
         """Forward everything already written (when epoll says anything was, or `always`), so it goes out before what follows
-        (a print, a result, idle). `seen` is -1 meanwhile, so a print on the main thread waits for the lock."""
+        (a print, a result, idle). `seen` is -1 meanwhile, so a print on the main thread waits for the lock. `broken`: a lease
+        break was signalled, so let go of each lease another open waits for; where none is held, try to take it again (an
+        IN_CLOSE wakes the reader for that)."""
         if self.owner == threading.get_ident(): return  # a signal handler's print, in the middle of our own drain
         with self.lock:
             self.owner,sigs,self.seen = threading.get_ident(),self.sigs,-1
             try:
                 if always or self.poll(0):
-                    opened = self.reopened()
-                    for f in self.files: f.forward(self.out, self.pace, f.wd in opened)
+                    evs = self.events()
+                    seen = [(f, *f.opened(evs)) for f in self.files]
+                    # a lease taken back first (the next open may come any moment); one let go of after all is read
+                    if self.tid is not None and not broken: self.tend(broken)
+                    for f,n,risky in seen: f.forward(self.out, self.pace, n, risky)
+                    if self.tid is not None and broken: self.tend(broken)
+                elif self.tid is not None: self.tend(broken)
             finally: self.owner,self.seen = None,sigs  # a signal after `sigs` was read makes the next print look again
 
     def before(self):
         "Python text or a message is about to be queued: first forward fd output written before it (free on the main thread)."
         if self.sigs != self.seen or threading.get_ident() != self.main: self.drain()
 
-    def reopened(self) -> set:
-        "Take the queued events (every write after this makes a new one); the watches whose file was opened again."
+    def wanting(self) -> bool:
+        "A lease is to be taken back: let go of, and its open seen."
+        return self.tid is not None and any(not f.leased and not f.announced for f in self.files)
+
+    def tend(self, broken):
+        "Let go of a lease that another open waits for (`broken`: a break was signalled); take one again where none is held."
+        for f in self.files:
+            if f.leased:
+                if broken and fcntl.fcntl(f.f, F_GETLEASE) != F_WRLCK: f.let_go(self.out, self.pace)
+            elif not f.announced: f.take(self.tid)  # at every drain (idle has one) until it holds; not before the open let through is seen
+
+    def events(self) -> list:
+        "Take the queued events (every write after this makes a new one): (watch, mask) of each, in order."
         try: evs = read(self.ino, 65536)
-        except OSError: return set()
-        wds,i = set(),0
+        except OSError: return []
+        got,i = [],0
         while i + 16 <= len(evs):  # struct inotify_event: int wd, uint32 mask, cookie, len; then len bytes of name
             wd,mask,n = int.from_bytes(evs[i:i+4], "little", signed=True),int.from_bytes(evs[i+4:i+8], "little"),int.from_bytes(evs[i+12:i+16], "little")
-            if mask & IN_OPEN: wds.add(wd)
-            if mask & IN_Q_OVERFLOW: wds.update(f.wd for f in self.files)
+            got.append((-1 if mask & IN_Q_OVERFLOW else wd, mask))
             i += 16 + n
-        return wds
+        return got
 
 class PipeFd:
     "The fallback: point fd 1 or 2 at a pipe drained by a thread (a writer holding the GIL can fill it)."

@@ -505,6 +505,7 @@ class Kernel(KernelAPI):
         end_children()
         if (debug := sys.modules.get("ipymini.debug")) is not None: debug.cleanup()  # the cell files dumpCell wrote
         self.ch.flush()
+        if hasattr(self.ch.fds, "let_all_go"): self.ch.fds.let_all_go()  # fd capture's leases
         if self.watch is not None: self.watch.close()
         for t in self.threads: t.stop()
         for t in self.threads: t.join(timeout=1)
