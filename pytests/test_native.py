@@ -167,8 +167,9 @@ def test_flood_memory_and_disk_bounded(kernel_name, request):
             st = os.stat(f"/proc/{proc.pid}/fd/1")
             assert st.st_size >= 200*2**20 and st.st_blocks*512 <= 2*2**20
 
-def test_interrupt_ends_endless_c_writes(kernel_name):
+def test_interrupt_ends_endless_c_writes(request, kernel_name):
     "A cell writing from C for ever (PyDLL, holding the GIL in each write) ends at an interrupt; its output so far arrives."
+    xfail_ipykernel(request, kernel_name, HANGS)  # its first 64 KiB never leave: no stream comes to interrupt on
     with fresh(kernel_name) as (km,kc):
         mid = kc.execute("import ctypes\nlibc = ctypes.PyDLL(None)\nwhile True: libc.write(1, b'.\\n', 2)")
         while True:
@@ -208,12 +209,14 @@ def lost_quietly(got, want, name):
 
 @pytest.mark.parametrize("name", ["stdout", "stderr"])
 @pytest.mark.parametrize("writer", WRITERS)
-def test_reopen_right_after_output(kernel_name, writer, name):
+def test_reopen_right_after_output(request, kernel_name, writer, name):
     """Output written just before a child reopens fd 1/2 with truncation (`echo x > /dev/stdout`, `>/dev/stderr`, as shell
     scripts do) is not wiped: the open waits on a write lease until the kernel has read the file. Without the lease most
     rounds of the shell case lost the line before, silently (DEVLOG). The lease is taken back after each such open closes;
     a reopen that comes before that (the next loop turn within a millisecond or so, while the cell holds the GIL) can still
-    wipe output, and then ipymini says so on stderr: never a silent loss. ipykernel's pipes cannot be truncated: it passes."""
+    wipe output, and then ipymini says so on stderr: never a silent loss. ipykernel's pipes cannot be truncated, but its
+    prints are not ordered against fd output, so the print case fails there."""
+    if writer == "print": xfail_ipykernel(request, kernel_name, "ipykernel does not order print against fd output")
     with fresh(kernel_name) as (km,kc):
         assert run(kc, "import os, sys, ctypes\nlibc = ctypes.CDLL(None)")[0]["status"] == "ok"
         code = (f"fd = {1 if name == 'stdout' else 2}\nfor i in range(25):\n    " + WRITERS[writer] +
