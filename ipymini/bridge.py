@@ -75,6 +75,15 @@ def cut_kernel_frames(tb):
             return
         prev,tb = tb,tb.tb_next
 
+def replaced_interrupt(e) -> bool:
+    """Did exception `e` come up while a KeyboardInterrupt was on its way out (a `finally` that failed as it unwound, as
+    IPython pretty's `end_group` does when the interrupt lands in `begin_group`)? Then an interrupt is being lost."""
+    for _ in range(20):  # a chain that long is not worth walking further
+        e = e.__context__ if e is not None else None
+        if e is None: return False
+        if isinstance(e, KeyboardInterrupt): return True
+    return False
+
 def shorten_tb(e, most=10_000, keep=100):
     "Tracebacks in `e`'s chain over `most` frames keep `keep` at each end (IPython takes minutes on millions), with a note."
     seen = set()
@@ -130,8 +139,12 @@ class MiniShell(InteractiveShell):
 
     def showtraceback(self, exc_tuple=None, *args, **kw):
         """A KeyboardInterrupt's traceback ends at the user's code, not in the kernel's SIGINT handler; a huge one is shortened.
-        A failing `_repr_html_` (any formatter but text/plain) goes to stderr: the object still shows as text, the cell is ok."""
+        A failing `_repr_html_` (any formatter but text/plain) goes to stderr: the object still shows as text, the cell is ok.
+        An error that took the place of a KeyboardInterrupt, shown by code that goes on (IPython's formatters catch every
+        Exception, and show it here), stops the cell as the interrupt would have: else an interrupt can be lost."""
         etype,evalue,tb = exc_tuple or sys.exc_info()
+        if not kw.get("running_compiled_code") and etype is not KeyboardInterrupt and replaced_interrupt(evalue):
+            raise KeyboardInterrupt from evalue
         if etype is KeyboardInterrupt: cut_kernel_frames(tb)
         shorten_tb(evalue)
         tok = ASIDE.set(optional_format(tb))

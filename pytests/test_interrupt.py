@@ -63,6 +63,24 @@ def test_interrupt_while_printing(kc, km, cell):
         iopub_until_idle(kc, mid)
         assert run(kc, "1+1")[0]["status"] == "ok"
 
+LATE = {"pretty": "    def _repr_pretty_(self, p, cycle):\n        def enq(group): raise KeyboardInterrupt\n"
+    "        p.group_queue.enq = enq  # the interrupt lands at enq's first bytecode, as the rare hang showed\n"
+    "        with p.group(): pass\n",
+    "html": "    def _repr_html_(self):\n        try: raise KeyboardInterrupt  # where the interrupt landed\n"
+    "        finally: [][0]  # a clean-up that fails on the way out\n"}
+
+@pytest.mark.parametrize("where", LATE)
+def test_interrupt_replaced_by_a_formatters_error(kc, where):
+    """An interrupt that lands where a `finally` then fails is replaced by that error: IPython pretty's `begin_group`, whose
+    `end_group` then raises IndexError. IPython's formatters catch every Exception, show it and go on, so the cell ran on
+    and the interrupt was lost (the rare `test_interrupt_while_printing[display]` hang). ipymini ends the cell with the
+    KeyboardInterrupt. ipykernel shows the IndexError and runs on: this test fails there."""
+    code = "class Late:\n" + LATE[where] + "display(Late())\nprint('ran on')"
+    reply,outs = run(kc, code)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert "ran on" not in text(outs)
+    assert run(kc, "display('shown'); 1+1")[0]["status"] == "ok"
+
 def test_sigint_taken_by_another_thread(kc):
     """A SIGINT that the OS hands to some other thread (Qt's XCB and D-Bus threads, threads of user code: all accept signals)
     still ends a main-thread `time.sleep`. Here a thread of the cell is sent the signal directly. ipykernel fails this (the
