@@ -439,7 +439,8 @@ class Kernel(KernelAPI):
         self.start_sockets()
         self.ours = {signal.SIGINT: self.on_sigint, signal.SIGTERM: self.on_sigterm, signal.SIGUSR1: self.on_sigusr1}
         self.fresh = {sig: signal.signal(sig, h) for sig,h in self.ours.items()}  # what a forked child gets back
-        os.register_at_fork(after_in_child=self.forked)
+        self.fork_mask = threading.local()  # the forking thread's signal mask, for `forked`/`after_fork` to put back
+        os.register_at_fork(before=self.before_fork, after_in_parent=self.after_fork, after_in_child=self.forked)
         self.in_sigint = False
         posted = {signal.SIGINT: self.stop_introspection, signal.SIGTERM: self.stop, signal.SIGUSR1: self.dump_stacks}
         self.relay = SignalRelay(self.wake_main, lambda: signal.getsignal(signal.SIGINT) == self.on_sigint, posted)
@@ -474,8 +475,21 @@ class Kernel(KernelAPI):
         try: self.subs.parent.loop.call_soon_threadsafe(lambda: None)
         except RuntimeError: pass  # closed at shutdown
 
+    def before_fork(self):
+        """Our signals wait while a thread forks. A signal that reaches the child before its `forked` runs would find our
+        Python handler, and CPython clears the flag of a signal caught then (or drops it once `forked` resets the handler):
+        a `Pool.terminate()` SIGTERM sent to a just-forked worker was lost, and the cell hung in `join` (1 in a few hundred
+        pools beside CPU hogs). Blocked, the signal stays pending in the child until its fresh handlers are in."""
+        self.fork_mask.old = signal.pthread_sigmask(signal.SIG_BLOCK, set(self.ours))
+
+    def after_fork(self): signal.pthread_sigmask(signal.SIG_SETMASK, self.fork_mask.old)
+
     def forked(self):
         "A child of user code (multiprocessing's fork, `os.fork`) gets the signal handlers a fresh Python has, and no kernel."
+        try: self.fresh_handlers()
+        finally: self.after_fork()  # what was held back in the fork comes now, to the fresh handlers
+
+    def fresh_handlers(self):
         for sig,h in self.fresh.items():
             if signal.getsignal(sig) == self.ours[sig]: signal.signal(sig, h)  # a handler user code set stays
         signal.set_wakeup_fd(-1)  # the child's signals are not ours to relay
