@@ -418,7 +418,7 @@ class Kernel(KernelAPI):
         "SIGUSR1: every thread's stack, by thread name, on the kernel's stderr, to see where a stuck kernel is stuck."
         import traceback
         names = {t.ident: t.name for t in threading.enumerate()}
-        out = [f"--- ipymini {os.getpid()}: {len(names)} threads ---"]
+        out = [f"--- ipymini {os.getpid()}: {len(names)} threads; output lock {self.ch.out.lock!r} ---"]  # (its owner: DEVLOG)
         for tid,f in sys._current_frames().items(): out += [f"Thread {names.get(tid, tid)}:", *traceback.format_stack(f)]
         self.log_stream.write("\n".join(out) + "\n")  # not print(): user code may have rebound it
         self.log_stream.flush()
