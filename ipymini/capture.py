@@ -224,6 +224,10 @@ class FdFile:
             self.lib.fallocate(self.f, PUNCH, self.freed, cut - self.freed)
             self.freed = cut
 
+    def unheld(self) -> bool:
+        "No lease, and no open let through still unseen (a lease taken before its IN_OPEN may not hold that open back)."
+        return not self.leased and not self.announced
+
     def take(self, tid) -> bool:
         "Hold a write lease (its break signalled as SIGURG to thread `tid`); False while another open of the file is live."
         fcntl.fcntl(self.f, F_SETSIG, signal.SIGURG)  # set again each time: letting go clears them (and SIGIO would kill)
@@ -292,9 +296,9 @@ class FdCapture:
 
     def on_signal(self, sig, frame):
         self.sigs += 1
-        if self.tid is not None and not in_child[0]:  # a lease let go of, taken back at the first bytecode after the close (a
-            for f in self.files:  # cell's `os.system` returns): the reader may wait ms for the GIL, and the next open can come sooner
-                if not f.leased and not f.announced: f.take(self.tid)
+        # a lease let go of is taken back at the first bytecode after the close (a cell's `os.system` returns): the reader may
+        # wait ms for the GIL, and the next open can come sooner
+        if not in_child[0]: self.retake()
 
     def run(self):
         ep,sfd = epoll(),self.lease()  # its own epoll: a signalfd is ready only for the thread that waits on it
@@ -325,8 +329,9 @@ class FdCapture:
                 lib.sigemptyset(mask)
                 lib.sigaddset(mask, signal.SIGURG)
                 sfd = checked(lib.signalfd(-1, mask, os.O_NONBLOCK | os.O_CLOEXEC))
-                for f in self.files: f.take(threading.get_native_id())
-                self.tid = threading.get_native_id()
+                tid = threading.get_native_id()
+                for f in self.files: f.take(tid)
+                self.tid = tid
                 return sfd
             except (OSError, AttributeError) as e:  # e.g. a file system without leases
                 self.let_all_go()
@@ -352,11 +357,10 @@ class FdCapture:
                 if always or self.poll(0):
                     evs = self.events()
                     seen = [(f, *f.opened(evs)) for f in self.files]
-                    # a lease taken back first (the next open may come any moment); one let go of after all is read
-                    if self.tid is not None and not broken: self.tend(broken)
+                    if not broken: self.retake()  # first: the next open may come any moment
                     for f,n,risky in seen: f.forward(self.out, self.pace, n, risky)
-                    if self.tid is not None and broken: self.tend(broken)
-                elif self.tid is not None: self.tend(broken)
+                    if broken: self.release()  # once all is read
+                else: self.retake()
             finally: self.owner,self.seen = None,sigs  # a signal after `sigs` was read makes the next print look again
 
     def before(self):
@@ -365,14 +369,19 @@ class FdCapture:
 
     def wanting(self) -> bool:
         "A lease is to be taken back: let go of, and its open seen."
-        return self.tid is not None and any(not f.leased and not f.announced for f in self.files)
+        return self.tid is not None and any(f.unheld() for f in self.files)
 
-    def tend(self, broken):
-        "Let go of a lease that another open waits for (`broken`: a break was signalled); take one again where none is held."
+    def retake(self):
+        "A lease on each file that has none, at every drain (idle has one) until it holds."
+        if self.tid is None: return
         for f in self.files:
-            if f.leased:
-                if broken and fcntl.fcntl(f.f, F_GETLEASE) != F_WRLCK: f.let_go(self.out, self.pace)
-            elif not f.announced: f.take(self.tid)  # at every drain (idle has one) until it holds; not before the open let through is seen
+            if f.unheld(): f.take(self.tid)
+
+    def release(self):
+        "A break was signalled: let go of each lease that another open waits for; try the others again."
+        for f in self.files:
+            if f.leased and fcntl.fcntl(f.f, F_GETLEASE) != F_WRLCK: f.let_go(self.out, self.pace)
+        self.retake()
 
     def events(self) -> list:
         "Take the queued events (every write after this makes a new one): (watch, mask) of each, in order."

@@ -196,7 +196,7 @@ def test_child_reopens_dev_stdout(kernel_name):
 WRITERS = {"shell": "os.system(f'echo a{i} >&{fd}')", "print": "print(f'a{i}', file=(sys.stdout, sys.stderr)[fd - 1], flush=True)",
     "C": "libc.write(fd, f'a{i}\\n'.encode(), len(f'a{i}') + 1)"}  # code for the kernel: `fd` and `i` are the cell's
 
-def lost_quietly(got, want, name):
+def clean_or_noticed(got, want, name):
     """Lines of `want` missing from what `got` shows on `name`, where ipymini did not say it may have lost output: a silent
     loss (an AssertionError). Returns whether all arrived, in order."""
     notice = [l for l in got["stderr"].splitlines(True) if "ipymini" in l and "reopened" in l]
@@ -225,7 +225,7 @@ def test_reopen_right_after_output(request, kernel_name, writer, name):
         for rnd in range(4):
             reply,got = collect(kc, kc.execute(code))
             assert reply["status"] == "ok"
-            clean += lost_quietly(got, "".join(f"a{i}\nb{i}\n" for i in range(25)), name)
+            clean += clean_or_noticed(got, "".join(f"a{i}\nb{i}\n" for i in range(25)), name)
         print(f"\n{writer} then `> /dev/{name}`, 4 cells of 25: {clean} cells lost nothing")
         if writer == "shell": assert clean >= 2  # a process apart: the lease is back in time
         healthy(kc)
@@ -239,7 +239,7 @@ def test_back_to_back_reopens_never_lose_silently(kernel_name):
         for i in range(60):
             reply,got = collect(kc, kc.execute("import os\nos.system('echo a > /dev/stdout; echo b > /dev/stdout; echo c')"))
             assert reply["status"] == "ok"
-            clean += lost_quietly(got, "a\nb\nc\n", "stdout")
+            clean += clean_or_noticed(got, "a\nb\nc\n", "stdout")
         print(f"\n60 back-to-back reopens: {clean} lost nothing, {60 - clean} with the notice")
         healthy(kc)
 
